@@ -1,0 +1,1 @@
+"""The OpenAI Images contract shared by the router and the inference server."""

@@ -1,0 +1,220 @@
+"""The OpenAI Images API request/response contract, and how a request becomes generation parameters.
+
+One definition of a valid request, used by both the router (so bad input never reaches a GPU) and the
+inference server. Extensions follow vLLM-Omni's names: ``negative_prompt``, ``num_inference_steps``,
+``guidance_scale``, ``seed``. Every optional field accepts JSON ``null`` meaning "the default".
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from kubediffusion.api.errors import InvalidRequestError, UnsupportedMediaTypeError, validation_error_from_pydantic
+from kubediffusion.api.limits import GenerationDefaults, GenerationLimits, StylePreset, parse_size
+
+MAX_PROMPT_CHARS = 32000  # OpenAI's own ceiling (GPT image models); models set lower ones.
+MAX_SEED = 2**63 - 1
+SIZE_MULTIPLE = 8
+
+ResponseFormat = Literal["url", "b64_json"]
+OutputFormat = Literal["png", "jpeg", "webp"]
+
+# Values OpenAI's ImagesResponse schema allows for the echoed fields; others are not echoed.
+RESPONSE_SIZES = frozenset({"1024x1024", "1024x1536", "1536x1024"})
+RESPONSE_QUALITIES = frozenset({"low", "medium", "high"})
+RESPONSE_BACKGROUNDS = frozenset({"transparent", "opaque"})
+
+
+class ImageGenerationRequest(BaseModel):
+    """OpenAI ``CreateImageRequest`` plus our extensions. Unknown fields are a 400, as OpenAI answers."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    prompt: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
+    model: str | None = None
+    n: Annotated[int, Field(ge=1, le=10)] | None = None
+    size: str | None = None
+    response_format: ResponseFormat | None = None
+    output_format: OutputFormat | None = None
+    output_compression: Annotated[int, Field(ge=0, le=100)] | None = None
+    quality: Literal["standard", "hd", "low", "medium", "high", "auto"] | None = None
+    style: str | None = None
+    background: Literal["transparent", "opaque", "auto"] | None = None
+    moderation: Literal["low", "auto"] | None = None
+    user: str | None = None
+    stream: bool | None = None
+    partial_images: Annotated[int, Field(ge=0, le=3)] | None = None
+    negative_prompt: str | None = None
+    num_inference_steps: Annotated[int, Field(ge=1)] | None = None
+    guidance_scale: Annotated[float, Field(ge=0.0, le=50.0)] | None = None
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("prompt must not be empty")
+        return value
+
+    @field_validator("size")
+    @classmethod
+    def _size_shape(cls, value: str | None) -> str | None:
+        if value is None or value == "auto":
+            return value
+        parse_size(value)
+        return value
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """A validated request resolved against one model's defaults and limits."""
+
+    prompt: str
+    negative_prompt: str
+    n: int
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    seed: int | None
+    output_format: OutputFormat
+    output_compression: int
+
+    @property
+    def batch_key(self) -> tuple[int, int, int, float, str, int]:
+        """Requests with equal keys can share one pipeline call."""
+        return (self.width, self.height, self.steps, self.guidance, self.output_format, self.output_compression)
+
+
+def parse_generation_request(body: bytes, content_type: str | None) -> ImageGenerationRequest:
+    """Raw HTTP body -> request, or an InvalidRequestError naming what is wrong."""
+    media_type = (content_type or "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise UnsupportedMediaTypeError(
+            f"Invalid Content-Type header ({content_type or 'missing'}), expected application/json."
+        )
+    try:
+        payload: Any = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise InvalidRequestError(
+            "We could not parse the JSON body of your request. The body must be valid JSON.", code="invalid_json"
+        ) from None
+    if not isinstance(payload, dict):
+        raise InvalidRequestError("The request body must be a JSON object.", code="invalid_json")
+    try:
+        return ImageGenerationRequest.model_validate(payload)
+    except ValidationError as exc:
+        raise validation_error_from_pydantic(list(exc.errors())) from None
+
+
+def resolve_params(
+    request: ImageGenerationRequest,
+    defaults: GenerationDefaults,
+    limits: GenerationLimits,
+    presets: dict[str, StylePreset] | None = None,
+) -> GenerationParams:
+    """Apply a model's defaults, limits and style presets; raise InvalidRequestError with ``param``."""
+    if request.stream:
+        raise InvalidRequestError("Streaming is not supported for this model.", param="stream", code="unsupported_value")
+    if len(request.prompt) > limits.max_prompt_chars:
+        raise InvalidRequestError(
+            f"Invalid 'prompt': string too long. Expected a string with maximum length {limits.max_prompt_chars}, "
+            f"but got a string with length {len(request.prompt)} instead.",
+            param="prompt",
+            code="string_above_max_length",
+        )
+    n = request.n if request.n is not None else 1
+    if n > limits.max_n:
+        raise InvalidRequestError(f"Invalid 'n': this model generates at most {limits.max_n} images per request.",
+                                  param="n", code="integer_above_max_value")
+    width, height = _resolve_size(request.size, defaults, limits)
+    steps = request.num_inference_steps if request.num_inference_steps is not None else defaults.steps
+    if steps > limits.max_steps:
+        raise InvalidRequestError(f"Invalid 'num_inference_steps': at most {limits.max_steps} for this model.",
+                                  param="num_inference_steps", code="integer_above_max_value")
+    prompt, negative = _apply_style(request, defaults, presets or {})
+    output_format: OutputFormat = request.output_format or "png"
+    compression = request.output_compression if request.output_compression is not None else 100
+    return GenerationParams(
+        prompt=prompt,
+        negative_prompt=negative,
+        n=n,
+        width=width,
+        height=height,
+        steps=steps,
+        guidance=request.guidance_scale if request.guidance_scale is not None else defaults.guidance,
+        seed=request.seed,
+        output_format=output_format,
+        output_compression=compression,
+    )
+
+
+def _resolve_size(size: str | None, defaults: GenerationDefaults, limits: GenerationLimits) -> tuple[int, int]:
+    if size is None or size == "auto":
+        return defaults.width_height
+    width, height = parse_size(size)
+    for side in (width, height):
+        if side % SIZE_MULTIPLE:
+            raise InvalidRequestError(
+                f"Invalid 'size': {size}. Width and height must be multiples of {SIZE_MULTIPLE}.",
+                param="size", code="invalid_value")
+        if not limits.min_size <= side <= limits.max_size:
+            raise InvalidRequestError(
+                f"Invalid 'size': {size}. Width and height must be between {limits.min_size} and "
+                f"{limits.max_size} for this model.", param="size", code="invalid_value")
+    return width, height
+
+
+def _apply_style(
+    request: ImageGenerationRequest, defaults: GenerationDefaults, presets: dict[str, StylePreset]
+) -> tuple[str, str]:
+    negative = request.negative_prompt if request.negative_prompt is not None else defaults.negative_prompt
+    style = request.style
+    if style is None or (style in ("vivid", "natural") and style not in presets):
+        return request.prompt, negative  # OpenAI's own styles are accepted and have no effect here.
+    preset = presets.get(style)
+    if preset is None:
+        choices = ", ".join(sorted({"vivid", "natural", *presets}))
+        raise InvalidRequestError(f"Invalid 'style': {style!r}. Choose one of: {choices}.", param="style",
+                                  code="invalid_value")
+    prompt = preset.prompt.replace("{prompt}", request.prompt)
+    if request.negative_prompt is None and preset.negative_prompt is not None:
+        negative = preset.negative_prompt
+    return prompt, negative
+
+
+class ImageData(BaseModel):
+    b64_json: str | None = None
+    url: str | None = None
+    revised_prompt: str | None = None
+
+
+class ImagesResponse(BaseModel):
+    created: int
+    data: list[ImageData]
+    background: Literal["transparent", "opaque"] | None = None
+    output_format: OutputFormat | None = None
+    size: str | None = None
+    quality: Literal["low", "medium", "high"] | None = None
+
+
+def response_echo(request: ImageGenerationRequest, params: GenerationParams) -> dict[str, str]:
+    """Fields echoed in a response, only with values OpenAI's response schema allows."""
+    echo: dict[str, str] = {"output_format": params.output_format}
+    size = f"{params.width}x{params.height}"
+    if size in RESPONSE_SIZES:
+        echo["size"] = size
+    if request.quality in RESPONSE_QUALITIES:
+        echo["quality"] = request.quality
+    if request.background in RESPONSE_BACKGROUNDS:
+        echo["background"] = request.background
+    return echo
+
+
+def now_seconds() -> int:
+    return int(time.time())
