@@ -17,12 +17,6 @@ CACHE="${KUBEDIFFUSION_CACHE:-$HOME/.cache/kubediffusion}"
 BIN_ROOT="$CACHE/bin"
 GO_PARALLEL="${GO_PARALLEL:-2}"
 
-# Versions: keep in step with tools/go/<tool>/go.mod.
-KUBE_VERSION="v1.36.3"
-ETCD_VERSION="v3.6.16"
-KWOK_VERSION="v0.8.0"
-HELM_VERSION="v3.22.0"
-
 export CGO_ENABLED=0
 export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
 export GOFLAGS="${GOFLAGS:--buildvcs=false}"
@@ -31,6 +25,13 @@ if ! command -v go >/dev/null 2>&1; then
     echo "error: go is not on PATH (Go >= 1.26 is needed to build the test binaries)" >&2
     exit 1
 fi
+
+# The pinned versions are the ones in tools/go/<tool>/go.mod (the single source of truth).
+module_version() { (cd "$REPO_ROOT/tools/go/$1" && go list -m -f '{{.Version}}' "$2"); }
+KUBE_VERSION="$(module_version kubernetes k8s.io/kubernetes)"
+ETCD_VERSION="$(module_version etcd go.etcd.io/etcd/server/v3)"
+KWOK_VERSION="$(module_version kwok sigs.k8s.io/kwok)"
+HELM_VERSION="$(module_version helm helm.sh/helm/v3)"
 
 kube_minor="${KUBE_VERSION#v1.}"
 kube_minor="${kube_minor%%.*}"

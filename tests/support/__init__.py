@@ -1,0 +1,1 @@
+"""Test support: local control plane, fake nodes, waiting helpers, shared fixtures."""
