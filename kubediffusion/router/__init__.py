@@ -1,1 +1,20 @@
+"""The router: one OpenAI-compatible Images endpoint in front of every model in the cluster.
 
+Modules, each small and named for what it does:
+
+    settings.py        RouterSettings (env prefix KD_ROUTER_)
+    app.py             create_app(settings, discovery=..., transport=...): routes, lifespan, request flow
+    routing.py         ModelEntry + RoutingTable: names, aliases, the default model
+    discovery.py       the Discovery protocol + StaticDiscovery (YAML file)
+    kube_discovery.py  KubernetesDiscovery: watches ImageModels and EndpointSlices
+    balancer.py        least-requests-in-flight, passive ejection of unreachable pods
+    forwarding.py      Forwarder: bounded retries on other pods; streams the pod's bytes through
+    signing.py         HMAC-SHA256 signed, expiring image links
+    storage.py         ImageStore protocol + FilesystemStore (S3-compatible: extension point)
+    auth.py            API keys from a mounted file, constant-time comparison
+    ratelimit.py       token buckets per caller and global, injectable clock
+    middleware.py      request body size limit
+    metrics.py         Prometheus metrics (one registry per app)
+    errors.py          router-only errors (403 link errors, 502)
+    main.py            `kubediffusion router`
+"""

@@ -1,0 +1,305 @@
+"""``kubediffusion local``: the whole serving path on one machine, no cluster.
+
+With no arguments: write the tiny random-weight model once (into ``$KUBEDIFFUSION_CACHE/tiny-sd``,
+default ``~/.cache/kubediffusion``), start one inference process on a free 127.0.0.1 port, start the
+router (static discovery) on 127.0.0.1:8080, wait until both answer /readyz, print how to call it,
+and serve until interrupted; then stop the inference process. ``--model DIR`` serves a real
+diffusers model directory instead of the tiny one.
+
+The process helpers (``free_port``, ``start_inference``, ``wait_ready``, ``stop_process``) are also
+used by the router's process tests and benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+import yaml
+
+from kubediffusion.operator.spec import TINY_LIMITS as _OPERATOR_TINY_LIMITS
+
+log = logging.getLogger("kubediffusion.local")
+
+LOOPBACK = "127.0.0.1"
+TINY_NAME = "tiny-sd"
+# The tiny model is 64x64 noise; the same limits as an ImageModel with source.tiny.
+TINY_LIMITS: dict[str, Any] = _OPERATOR_TINY_LIMITS.model_dump(by_alias=True)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("KUBEDIFFUSION_CACHE") or Path.home() / ".cache" / "kubediffusion")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            return False
+        return True
+
+
+def ensure_tiny_model(directory: Path, *, timeout: float = 600.0) -> Path:
+    """Write the tiny pipeline into ``directory`` unless it is already there."""
+    if (directory / "model_index.json").exists():
+        return directory
+    log.warning("writing the tiny smoke-test model (random weights) to %s", directory)
+    partial = directory.with_name(f"{directory.name}.partial-{os.getpid()}")
+    if directory.exists() and not (directory / "model_index.json").exists():  # left half-written by someone
+        shutil.rmtree(directory)
+    subprocess.run(
+        [sys.executable, "-m", "kubediffusion.cli", "tiny-model", str(partial)],
+        check=True,
+        timeout=timeout,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        partial.replace(directory)  # the whole directory at once: nobody ever sees half a model
+    except OSError:
+        if not (directory / "model_index.json").exists():
+            raise
+        shutil.rmtree(partial)  # another process finished first; use its copy
+    return directory
+
+
+def tiny_defaults(directory: Path) -> dict[str, Any]:
+    try:
+        marker = json.loads((directory / "kubediffusion-smoke-test.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    defaults = marker.get("defaults") if isinstance(marker, dict) else None
+    return dict(defaults) if isinstance(defaults, dict) else {}
+
+
+def start_inference(
+    model_dir: Path,
+    name: str,
+    port: int,
+    *,
+    defaults: dict[str, Any] | None = None,
+    limits: dict[str, Any] | None = None,
+    log_level: str = "warning",
+    extra_args: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """``kubediffusion inference`` for ``model_dir`` on 127.0.0.1:``port`` as a child process."""
+    command = [
+        sys.executable,
+        "-m",
+        "kubediffusion.cli",
+        "inference",
+        "--model-dir",
+        str(model_dir),
+        "--model-name",
+        name,
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
+        "--log-level",
+        log_level,
+    ]
+    if defaults:
+        command += ["--defaults", json.dumps(defaults)]
+    if limits:
+        command += ["--limits", json.dumps(limits)]
+    command += extra_args or []
+    return subprocess.Popen(command, env={**os.environ, **(env or {})})
+
+
+def wait_ready(url: str, *, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll ``url`` until it answers 200; RuntimeError when ``process`` exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=2.0) as client:
+        while True:
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"process exited with status {process.returncode} before {url} was ready")
+            with contextlib.suppress(httpx.HTTPError):
+                if client.get(url).status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} was not ready after {timeout:.0f}s")
+            time.sleep(0.25)
+
+
+def stop_process(process: subprocess.Popen[bytes], *, grace: float = 15.0) -> int:
+    """SIGTERM, then SIGKILL after ``grace`` seconds; the exit status."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    return process.returncode
+
+
+def static_config(
+    name: str,
+    endpoints: list[str],
+    *,
+    defaults: dict[str, Any] | None = None,
+    limits: dict[str, Any] | None = None,
+    aliases: list[str] | None = None,
+) -> str:
+    model: dict[str, Any] = {"name": name, "default": True, "endpoints": endpoints, "aliases": aliases or []}
+    if defaults:
+        model["defaults"] = defaults
+    if limits:
+        model["limits"] = limits
+    return yaml.safe_dump([model], sort_keys=False)
+
+
+def banner(base_url: str, name: str, *, tiny: bool, size: str) -> str:
+    note = "\n  (the tiny model has random weights: it makes noise, not pictures)\n" if tiny else ""
+    return f"""
+KubeDiffusion is serving '{name}' at {base_url}/v1{note}
+Try it:
+
+  curl -s {base_url}/v1/images/generations -H 'Content-Type: application/json' \\
+    -d '{{"prompt": "a lighthouse at dawn", "size": "{size}"}}' | head -c 300; echo
+
+  python - <<'PY'
+  import base64, openai
+  client = openai.OpenAI(base_url="{base_url}/v1", api_key="unused")
+  result = client.images.generate(model="{name}", prompt="a lighthouse at dawn", size="{size}",
+                                  response_format="b64_json", extra_body={{"num_inference_steps": 2, "seed": 1}})
+  open("image.png", "wb").write(base64.b64decode(result.data[0].b64_json))
+  PY
+
+Models: {base_url}/v1/models   Metrics: {base_url}/metrics   Stop: Ctrl-C
+"""
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="kubediffusion local",
+        description="Serve a text-to-image model behind the OpenAI-compatible router on 127.0.0.1 (no cluster): "
+        "the tiny random-weight model by default, or --model DIR.",
+    )
+    parser.add_argument("--model", type=Path, help="a diffusers model directory (default: the tiny model)")
+    parser.add_argument("--name", help="model name clients use (default: tiny-sd, or the directory's name)")
+    parser.add_argument("--port", type=int, default=8080, help="router port on 127.0.0.1 (default 8080; 0 = any)")
+    parser.add_argument("--api-keys-file", type=Path, help="require these API keys (one per line)")
+    parser.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for the model")
+    parser.add_argument(
+        "--inference-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra flag for `kubediffusion inference` (repeatable), e.g. --inference-arg=--dtype=float32",
+    )
+    return parser.parse_args(argv)
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)  # noqa: T201 - this command's output is for the person running it
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll and per request otherwise
+    port = args.port or free_port()
+    if not port_is_free(port):
+        log.error("port %d on %s is taken; choose another with --port", port, LOOPBACK)
+        return 1
+    tiny = args.model is None
+    if tiny:
+        model_dir = ensure_tiny_model(cache_dir() / TINY_NAME)
+        name = args.name or TINY_NAME
+        defaults, limits = tiny_defaults(model_dir), TINY_LIMITS
+    else:
+        model_dir = args.model.resolve()
+        if not (model_dir / "model_index.json").exists():
+            log.error("%s is not a diffusers pipeline directory (no model_index.json)", model_dir)
+            return 1
+        name = args.name or model_dir.name
+        defaults, limits = {}, {}
+    inference_port = free_port()
+    process = start_inference(
+        model_dir, name, inference_port, defaults=defaults, limits=limits, extra_args=args.inference_arg
+    )
+    try:
+        _say(f"loading '{name}' from {model_dir} ...")
+        wait_ready(f"http://{LOOPBACK}:{inference_port}/readyz", timeout=args.ready_timeout, process=process)
+        with tempfile.TemporaryDirectory(prefix="kubediffusion-local-") as work:
+            config = Path(work) / "models.yaml"
+            config.write_text(
+                static_config(name, [f"http://{LOOPBACK}:{inference_port}"], defaults=defaults, limits=limits)
+            )
+            base_url = f"http://{LOOPBACK}:{port}"
+            return asyncio.run(
+                _serve_router(
+                    config,
+                    Path(work) / "images",
+                    port,
+                    args.api_keys_file,
+                    banner(base_url, name, tiny=tiny, size=defaults.get("size", "1024x1024")),
+                )
+            )
+    except KeyboardInterrupt:
+        return 0
+    except RuntimeError as exc:
+        log.error("%s", exc)
+        return 1
+    finally:
+        stop_process(process)
+
+
+async def _serve_router(config: Path, storage: Path, port: int, api_keys_file: Path | None, text: str) -> int:
+    from kubediffusion.router.app import create_app
+    from kubediffusion.router.settings import RouterSettings
+
+    settings = RouterSettings(
+        host=LOOPBACK,
+        port=port,
+        discovery="static",
+        static_config=config,
+        storage_dir=storage,
+        public_base_url=f"http://{LOOPBACK}:{port}",
+        api_keys_file=api_keys_file,
+        log_level="warning",
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings), host=LOOPBACK, port=port, log_level="warning", access_log=False, lifespan="on"
+        )
+    )
+    serving = asyncio.create_task(server.serve())
+    deadline = time.monotonic() + 30
+    async with httpx.AsyncClient(timeout=2.0) as client:
+        while not serving.done():
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(f"http://{LOOPBACK}:{port}/readyz")).status_code == 200:
+                    _say(text)
+                    break
+            if time.monotonic() > deadline:
+                server.should_exit = True
+                log.error("the router did not become ready")
+                break
+            await asyncio.sleep(0.1)
+    await serving
+    return 0

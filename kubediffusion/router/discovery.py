@@ -1,0 +1,119 @@
+"""Model discovery: where the routing table comes from.
+
+One interface, :class:`Discovery`, two implementations:
+
+* :class:`StaticDiscovery` (here): a YAML file listing models and their endpoint URLs, for
+  ``kubediffusion local`` and for routers outside a cluster.
+* :class:`kubediffusion.router.kube_discovery.KubernetesDiscovery`: watches ImageModels and the
+  EndpointSlices of their Services through the API server.
+
+Both produce :class:`~kubediffusion.router.routing.RoutingTable` snapshots.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+from kubediffusion.api.limits import GenerationDefaults, GenerationLimits, StylePreset
+from kubediffusion.router.routing import ModelEntry, RoutingTable
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class Discovery(Protocol):
+    """Keeps a routing table current. ``start`` returns quickly; ``synced`` turns true after the first
+    complete view (the router's /readyz waits for it)."""
+
+    @property
+    def synced(self) -> bool: ...
+
+    def table(self) -> RoutingTable: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class ModelSpecFields(BaseModel):
+    """The part of an ImageModel spec (or a static config entry) the router needs. Unknown keys are
+    ignored: the operator owns the full spec."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+
+    aliases: tuple[str, ...] = ()
+    default: bool = False
+    defaults: GenerationDefaults = Field(default_factory=GenerationDefaults)
+    limits: GenerationLimits = Field(default_factory=GenerationLimits)
+    presets: dict[str, StylePreset] = Field(default_factory=dict)
+
+
+class StaticModel(ModelSpecFields):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    endpoints: tuple[str, ...] = ()
+
+
+def parse_static_config(data: Any) -> RoutingTable:
+    """A list of models (or ``{"models": [...]}``) -> routing table; ValueError says what is wrong."""
+    items = data.get("models") if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        raise ValueError("static config must be a list of models (or a mapping with a 'models' list)")
+    created = int(time.time())
+    entries = []
+    for index, item in enumerate(items):
+        try:
+            model = StaticModel.model_validate(item)
+        except ValidationError as exc:
+            raise ValueError(f"static config model #{index}: {exc}") from None
+        entries.append(
+            ModelEntry(
+                name=model.name,
+                endpoints=tuple(url.rstrip("/") for url in model.endpoints),
+                aliases=model.aliases,
+                default=model.default,
+                defaults=model.defaults,
+                limits=model.limits,
+                presets=dict(model.presets),
+                created=created,
+            )
+        )
+    return RoutingTable(entries)
+
+
+class StaticDiscovery:
+    """Models from a YAML file (or a table given directly, for tests). Synced once loaded."""
+
+    def __init__(self, path: Path | None = None, *, table: RoutingTable | None = None) -> None:
+        if (path is None) == (table is None):
+            raise ValueError("give exactly one of path or table")
+        self._path = path
+        self._table = table if table is not None else RoutingTable()
+        self._synced = table is not None
+
+    @property
+    def synced(self) -> bool:
+        return self._synced
+
+    def table(self) -> RoutingTable:
+        return self._table
+
+    def set_table(self, table: RoutingTable) -> None:
+        self._table = table
+
+    async def start(self) -> None:
+        if self._path is not None:
+            self._table = parse_static_config(yaml.safe_load(self._path.read_text()))
+            log.info("static discovery: %d model(s) from %s", len(self._table), self._path)
+        self._synced = True
+
+    async def stop(self) -> None:
+        return None

@@ -1,0 +1,179 @@
+"""Sending a validated request to a pod of its model, with bounded retries on other pods.
+
+Retry rules (one place, unit-tested):
+
+* the pod could not be reached (connect error/timeout, pool timeout) or dropped the connection
+  before answering (it died, or closed an idle keep-alive connection): eject it for a few seconds
+  and try another pod;
+* the pod answered 429 (queue full) or 503 (not ready): try another pod; if every attempt ends
+  like this, the last such answer is passed through (it carries the pod's Retry-After);
+* a read timeout is not retried by default (the pod may still be generating: retrying would
+  multiply GPU work) and becomes 504; ``retry_read_timeouts`` changes that;
+* anything else (2xx, other 4xx, 500) is passed through as is.
+
+At most ``max_attempts`` pods are tried and no pod twice for one request. No ready pod at all is a
+503 with Retry-After. The response body is never decoded here: :class:`Upstream` streams the pod's
+bytes through and keeps the pod counted as busy until the last byte has been sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+
+import httpx
+
+from kubediffusion.api.errors import ServiceUnavailableError, UpstreamTimeoutError
+from kubediffusion.router.balancer import Balancer, Lease
+from kubediffusion.router.routing import ModelEntry
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_STATUS = frozenset({429, 503})
+GENERATIONS_PATH = "/v1/images/generations"
+# Response headers worth passing from a pod to the client; hop-by-hop headers are never copied.
+PASSTHROUGH_HEADERS = ("content-type", "content-encoding", "retry-after", "x-request-id")
+
+
+def is_retryable_status(status_code: int) -> bool:
+    return status_code in RETRYABLE_STATUS
+
+
+def is_retryable_error(exc: httpx.HTTPError, *, retry_read_timeouts: bool = False) -> bool:
+    """Whether a transport error means "try another pod" (True) or "give up" (False)."""
+    if isinstance(exc, httpx.ReadTimeout):
+        return retry_read_timeouts
+    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+        return True
+    if isinstance(exc, httpx.WriteTimeout):
+        return False
+    return isinstance(exc, httpx.ConnectError | httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError)
+
+
+def ejects_endpoint(exc: httpx.HTTPError) -> bool:
+    """Errors that suggest the pod is gone (not merely slow)."""
+    return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.RemoteProtocolError | httpx.ReadError)
+
+
+@dataclass
+class Upstream:
+    """A pod's answer: either still streaming (``response``) or buffered (``body``)."""
+
+    status_code: int
+    headers: dict[str, str]
+    endpoint: str
+    response: httpx.Response | None = None
+    body: bytes | None = None
+    lease: Lease | None = field(default=None, repr=False)
+
+    async def aiter_raw(self) -> AsyncIterator[bytes]:
+        """The body as the pod sent it, chunk by chunk; releases the pod when done or abandoned."""
+        try:
+            if self.response is not None and self.response.is_stream_consumed:
+                yield self.response.content  # already in memory (an in-process transport)
+            elif self.response is not None:
+                async for chunk in self.response.aiter_raw():
+                    yield chunk
+            elif self.body:
+                yield self.body
+        finally:
+            await self.aclose()
+
+    async def aread(self) -> bytes:
+        try:
+            if self.response is not None:
+                self.body = await self.response.aread()
+            return self.body or b""
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        try:
+            if self.response is not None:
+                await self.response.aclose()
+        finally:
+            if self.lease is not None:
+                self.lease.release()
+
+
+def _passthrough_headers(headers: httpx.Headers) -> dict[str, str]:
+    return {name: headers[name] for name in PASSTHROUGH_HEADERS if name in headers}
+
+
+class Forwarder:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        balancer: Balancer,
+        *,
+        max_attempts: int = 3,
+        retry_read_timeouts: bool = False,
+        no_endpoint_retry_after: int = 5,
+        on_attempt: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self._client = client
+        self._balancer = balancer
+        self._max_attempts = max_attempts
+        self._retry_read_timeouts = retry_read_timeouts
+        self._no_endpoint_retry_after = no_endpoint_retry_after
+        self._on_attempt = on_attempt or (lambda _model, _outcome: None)
+
+    async def forward(self, model: ModelEntry, body: bytes, headers: Mapping[str, str]) -> Upstream:
+        """POST ``body`` to a pod of ``model``; raises ServiceUnavailableError / UpstreamTimeoutError."""
+        tried: list[str] = []
+        last_rejection: Upstream | None = None
+        last_error: httpx.HTTPError | None = None
+        while len(tried) < self._max_attempts:
+            endpoint = self._balancer.pick(model.endpoints, exclude=tried)
+            if endpoint is None:
+                break
+            tried.append(endpoint)
+            lease = self._balancer.acquire(endpoint)
+            request = self._client.build_request(
+                "POST", endpoint + GENERATIONS_PATH, content=body, headers=dict(headers)
+            )
+            try:
+                response = await self._client.send(request, stream=True)
+            except httpx.HTTPError as exc:
+                lease.release()
+                last_error = exc
+                retry = is_retryable_error(exc, retry_read_timeouts=self._retry_read_timeouts)
+                if ejects_endpoint(exc):
+                    self._balancer.eject(endpoint)
+                self._on_attempt(model.name, type(exc).__name__)
+                log.warning(
+                    "pod %s of model %s failed: %s: %s%s",
+                    endpoint,
+                    model.name,
+                    type(exc).__name__,
+                    exc,
+                    "; trying another" if retry else "",
+                )
+                if not retry:
+                    break
+                continue
+            upstream = Upstream(
+                response.status_code, _passthrough_headers(response.headers), endpoint, response=response, lease=lease
+            )
+            self._on_attempt(model.name, str(response.status_code))
+            if not is_retryable_status(response.status_code):
+                return upstream
+            await upstream.aread()  # a small error envelope; keep it in case every pod says the same
+            log.info("pod %s of model %s answered %d; trying another", endpoint, model.name, response.status_code)
+            last_rejection = upstream
+        if last_rejection is not None:
+            return last_rejection
+        if isinstance(last_error, httpx.TimeoutException) and not isinstance(
+            last_error, httpx.ConnectTimeout | httpx.PoolTimeout
+        ):
+            raise UpstreamTimeoutError(f"The model '{model.name}' did not answer in time.")
+        if not model.endpoints:
+            raise ServiceUnavailableError(
+                f"The model '{model.name}' has no ready replica. Try again later.",
+                retry_after=self._no_endpoint_retry_after,
+            )
+        raise ServiceUnavailableError(
+            f"No replica of the model '{model.name}' could be reached ({len(tried)} tried). Try again later.",
+            retry_after=self._no_endpoint_retry_after,
+        )

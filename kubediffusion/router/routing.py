@@ -1,0 +1,104 @@
+"""The routing table: which model a request's ``model`` names, and where that model is served.
+
+Built by a discovery implementation as an immutable snapshot; the app swaps whole tables, so a
+request never sees a half-applied update.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubediffusion.api.errors import ModelNotFoundError, NotFoundError
+from kubediffusion.api.limits import GenerationDefaults, GenerationLimits, StylePreset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    endpoints: tuple[str, ...] = ()  # base URLs of ready pods, e.g. "http://10.0.0.7:8000"
+    aliases: tuple[str, ...] = ()
+    default: bool = False
+    defaults: GenerationDefaults = field(default_factory=GenerationDefaults)
+    limits: GenerationLimits = field(default_factory=GenerationLimits)
+    presets: Mapping[str, StylePreset] = field(default_factory=dict)
+    namespace: str = ""
+    created: int = 0
+    ready_replicas: int | None = None  # from the ImageModel's status; None = unknown (static)
+
+    def describe(self) -> dict[str, Any]:
+        """The OpenAI model object plus our metadata, for ``GET /v1/models``."""
+        ready = self.ready_replicas if self.ready_replicas is not None else len(self.endpoints)
+        return {
+            "id": self.name,
+            "object": "model",
+            "created": self.created,
+            "owned_by": self.namespace or "kubediffusion",
+            "aliases": list(self.aliases),
+            "default": self.default,
+            "defaults": self.defaults.model_dump(by_alias=True),
+            "limits": self.limits.model_dump(by_alias=True),
+            "presets": {name: p.model_dump(by_alias=True, exclude_none=True) for name, p in self.presets.items()},
+            "readyReplicas": ready,
+            "endpoints": len(self.endpoints),
+        }
+
+
+class RoutingTable:
+    """Names and aliases -> models. Ambiguities are resolved deterministically and logged once."""
+
+    def __init__(self, models: Iterable[ModelEntry] = ()) -> None:
+        # Sort so that equal inputs give equal tables whatever order the API server listed them in.
+        self.models: tuple[ModelEntry, ...] = tuple(sorted(models, key=lambda m: (m.name, m.namespace)))
+        self._by_name: dict[str, ModelEntry] = {}
+        for model in self.models:  # canonical names win over aliases
+            if model.name in self._by_name:
+                log.warning(
+                    "model name %r exists in several namespaces; using %r",
+                    model.name,
+                    self._by_name[model.name].namespace,
+                )
+                continue
+            self._by_name[model.name] = model
+        for model in self.models:
+            for alias in model.aliases:
+                owner = self._by_name.setdefault(alias, model)
+                if owner is not model:
+                    log.warning("alias %r of model %r is already taken by %r; ignored", alias, model.name, owner.name)
+        defaults = [m for m in self.models if m.default]
+        if len(defaults) > 1:
+            log.warning(
+                "several models are marked default (%s); using %r",
+                ", ".join(m.name for m in defaults),
+                defaults[0].name,
+            )
+        self.default: ModelEntry | None = (
+            defaults[0] if defaults else (self.models[0] if len(self.models) == 1 else None)
+        )
+
+    def resolve(self, model: str | None) -> ModelEntry:
+        """The model a request names (or the default one); ModelNotFoundError otherwise."""
+        if model is None:
+            if self.default is None:
+                raise NotFoundError(
+                    "No model was named and no default model is configured; set 'model'.",
+                    param="model",
+                    code="model_not_found",
+                )
+            return self.default
+        entry = self._by_name.get(model)
+        if entry is None:
+            raise ModelNotFoundError(model)
+        return entry
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RoutingTable) and self.models == other.models
+
+    __hash__ = None  # type: ignore[assignment]
