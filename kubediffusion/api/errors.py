@@ -118,7 +118,9 @@ class UpstreamTimeoutError(APIError):
     default_code = "upstream_timeout"
 
 
-def error_envelope(message: str, error_type: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+def error_envelope(
+    message: str, error_type: str, *, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
 
 
@@ -139,10 +141,13 @@ def validation_error_from_pydantic(errors: list[Any]) -> InvalidRequestError:
             "We could not parse the JSON body of your request. The body must be valid JSON.", code="invalid_json"
         )
     if kind == "extra_forbidden":
-        return InvalidRequestError(f"Unrecognized request argument supplied: {param}", param=param,
-                                   code="unknown_parameter")
+        return InvalidRequestError(
+            f"Unrecognized request argument supplied: {param}", param=param, code="unknown_parameter"
+        )
     if kind == "missing":
-        return InvalidRequestError(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
+        return InvalidRequestError(
+            f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
+        )
     message = str(first.get("msg", "Invalid value")).removeprefix("Value error, ")
     return InvalidRequestError(f"Invalid value for '{param}': {message}.", param=param, code="invalid_value")
 

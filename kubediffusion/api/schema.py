@@ -120,7 +120,9 @@ def resolve_params(
 ) -> GenerationParams:
     """Apply a model's defaults, limits and style presets; raise InvalidRequestError with ``param``."""
     if request.stream:
-        raise InvalidRequestError("Streaming is not supported for this model.", param="stream", code="unsupported_value")
+        raise InvalidRequestError(
+            "Streaming is not supported for this model.", param="stream", code="unsupported_value"
+        )
     if len(request.prompt) > limits.max_prompt_chars:
         raise InvalidRequestError(
             f"Invalid 'prompt': string too long. Expected a string with maximum length {limits.max_prompt_chars}, "
@@ -130,13 +132,19 @@ def resolve_params(
         )
     n = request.n if request.n is not None else 1
     if n > limits.max_n:
-        raise InvalidRequestError(f"Invalid 'n': this model generates at most {limits.max_n} images per request.",
-                                  param="n", code="integer_above_max_value")
+        raise InvalidRequestError(
+            f"Invalid 'n': this model generates at most {limits.max_n} images per request.",
+            param="n",
+            code="integer_above_max_value",
+        )
     width, height = _resolve_size(request.size, defaults, limits)
     steps = request.num_inference_steps if request.num_inference_steps is not None else defaults.steps
     if steps > limits.max_steps:
-        raise InvalidRequestError(f"Invalid 'num_inference_steps': at most {limits.max_steps} for this model.",
-                                  param="num_inference_steps", code="integer_above_max_value")
+        raise InvalidRequestError(
+            f"Invalid 'num_inference_steps': at most {limits.max_steps} for this model.",
+            param="num_inference_steps",
+            code="integer_above_max_value",
+        )
     prompt, negative = _apply_style(request, defaults, presets or {})
     output_format: OutputFormat = request.output_format or "png"
     compression = request.output_compression if request.output_compression is not None else 100
@@ -162,11 +170,16 @@ def _resolve_size(size: str | None, defaults: GenerationDefaults, limits: Genera
         if side % SIZE_MULTIPLE:
             raise InvalidRequestError(
                 f"Invalid 'size': {size}. Width and height must be multiples of {SIZE_MULTIPLE}.",
-                param="size", code="invalid_value")
+                param="size",
+                code="invalid_value",
+            )
         if not limits.min_size <= side <= limits.max_size:
             raise InvalidRequestError(
                 f"Invalid 'size': {size}. Width and height must be between {limits.min_size} and "
-                f"{limits.max_size} for this model.", param="size", code="invalid_value")
+                f"{limits.max_size} for this model.",
+                param="size",
+                code="invalid_value",
+            )
     return width, height
 
 
@@ -180,8 +193,9 @@ def _apply_style(
     preset = presets.get(style)
     if preset is None:
         choices = ", ".join(sorted({"vivid", "natural", *presets}))
-        raise InvalidRequestError(f"Invalid 'style': {style!r}. Choose one of: {choices}.", param="style",
-                                  code="invalid_value")
+        raise InvalidRequestError(
+            f"Invalid 'style': {style!r}. Choose one of: {choices}.", param="style", code="invalid_value"
+        )
     prompt = preset.prompt.replace("{prompt}", request.prompt)
     if request.negative_prompt is None and preset.negative_prompt is not None:
         negative = preset.negative_prompt

@@ -1,0 +1,221 @@
+"""Dynamic batching in front of one worker thread that owns the pipeline.
+
+Rules (each has a unit test in tests/unit/inference/test_batcher.py):
+
+- **Bounded queue, counted in images.** A request of ``n`` images takes ``n`` places. When the waiting
+  images plus ``n`` exceed ``max_queue``, ``submit`` raises ``QueueFullError`` (429) with a Retry-After
+  estimated from recent batch durations. A request is never refused into an empty queue, so ``n`` above
+  ``max_queue`` is still served. The batch being run does not count.
+- **Batching.** Items with equal ``key`` share one ``run`` call, up to ``max_batch_size`` images. An
+  item larger than ``max_batch_size`` runs alone, whole (``n`` images in one call).
+- **Window.** A batch starts when it is full or when its oldest item has waited ``batch_window``,
+  whichever comes first; an item that already waited that long (behind a running batch) goes at once.
+  Exception, for latency at low load: when traffic looks sequential (the previous batch was a single
+  item and nothing arrived while it ran) a lone item starts at once instead of waiting for company.
+- **Fairness.** The oldest waiting item always leads the next batch; later items with the same key
+  fill it in arrival order (first fit). Nothing waits behind a younger item.
+- **Cancellation.** Cancelling the task awaiting ``submit`` (a client that disconnected) removes its
+  item from the queue if its batch has not started; once started, the result is discarded.
+- **One worker.** ``run`` executes in a single dedicated thread, so the event loop keeps answering
+  (``/health``) while a batch runs, and the pipeline is only ever touched by one thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from kubediffusion.api.errors import QueueFullError, ServiceUnavailableError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(eq=False)
+class _Entry(Generic[T, R]):
+    item: T
+    key: Hashable
+    size: int
+    future: asyncio.Future[R]
+    enqueued_at: float = field(default_factory=time.monotonic)
+
+
+class Batcher(Generic[T, R]):
+    """Queue + batch + run in one worker thread. ``start()`` before ``submit``; ``stop()`` at shutdown."""
+
+    def __init__(
+        self,
+        run: Callable[[list[T]], Sequence[R]],
+        *,
+        key: Callable[[T], Hashable],
+        size: Callable[[T], int],
+        max_batch_size: int,
+        batch_window_s: float,
+        max_queue: int,
+        executor: ThreadPoolExecutor | None = None,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        if max_batch_size < 1 or max_queue < 1 or batch_window_s < 0:
+            raise ValueError("max_batch_size and max_queue must be >= 1 and batch_window_s >= 0")
+        self._run = run
+        self._key = key
+        self._size = size
+        self.max_batch_size = max_batch_size
+        self.batch_window_s = batch_window_s
+        self.max_queue = max_queue
+        self._own_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="kd-pipeline")
+        self._on_batch = on_batch
+        self._waiting: list[_Entry[T, R]] = []
+        self._wakeup = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+        self._running_images = 0
+        self._batch_seconds = 1.0  # running average of one batch's duration, for Retry-After
+        self._sequential = False  # previous batch ran alone and nothing arrived meanwhile (none yet: False)
+        self._closed = False
+
+    # -- public -------------------------------------------------------------------------------
+
+    @property
+    def queued_images(self) -> int:
+        return sum(entry.size for entry in self._waiting)
+
+    @property
+    def queued_requests(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def running_images(self) -> int:
+        return self._running_images
+
+    def start(self) -> None:
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._work(), name="kd-batcher")
+
+    async def stop(self) -> None:
+        """Fail everything still waiting with 503 and stop the worker (the running batch is awaited)."""
+        self._closed = True
+        for entry in self._waiting:
+            if not entry.future.done():
+                entry.future.set_exception(ServiceUnavailableError("The server is shutting down.", retry_after=1))
+        self._waiting.clear()
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+        if self._own_executor:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def retry_after_seconds(self) -> float:
+        batches_ahead = math.ceil((self.queued_images + self._running_images) / self.max_batch_size) + 1
+        return max(1.0, batches_ahead * self._batch_seconds)
+
+    async def submit(self, item: T) -> R:
+        """Queue ``item`` and wait for its result; raises QueueFullError when the queue is full."""
+        if self._closed:
+            raise ServiceUnavailableError("The server is shutting down.", retry_after=1)
+        size = self._size(item)
+        queued = self.queued_images
+        if queued and queued + size > self.max_queue:
+            raise QueueFullError(
+                f"The model server's queue is full ({queued} images waiting, at most {self.max_queue}); "
+                "retry after the Retry-After interval.",
+                retry_after=self.retry_after_seconds(),
+            )
+        entry: _Entry[T, R] = _Entry(item, self._key(item), size, asyncio.get_running_loop().create_future())
+        self._waiting.append(entry)
+        self._wakeup.set()
+        try:
+            return await entry.future
+        except asyncio.CancelledError:
+            if entry in self._waiting:  # not started: free its place; the worker never sees it
+                self._waiting.remove(entry)
+                log.info("dropped a queued request whose client went away")
+            raise
+
+    async def run_exclusive(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` in the worker thread (loading, warm-up): the pipeline is only touched there."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    # -- worker -------------------------------------------------------------------------------
+
+    def _take_batch(self) -> list[_Entry[T, R]]:
+        head = self._waiting[0]
+        batch = [head]
+        total = head.size
+        for entry in self._waiting[1:]:
+            if total >= self.max_batch_size:
+                break
+            if entry.key == head.key and total + entry.size <= self.max_batch_size:
+                batch.append(entry)
+                total += entry.size
+        for entry in batch:
+            self._waiting.remove(entry)
+        return batch
+
+    def _compatible_images(self) -> int:
+        head = self._waiting[0]
+        return sum(entry.size for entry in self._waiting if entry.key == head.key)
+
+    async def _wait_for_window(self) -> None:
+        """Until the head's batch is full or the head has waited batch_window_s (see the module rules)."""
+        if self._sequential and len(self._waiting) == 1:
+            return
+        while self._waiting:
+            remaining = self._waiting[0].enqueued_at + self.batch_window_s - time.monotonic()
+            if remaining <= 0 or self._compatible_images() >= self.max_batch_size:
+                return
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout=remaining)
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._waiting:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            await self._wait_for_window()
+            if not self._waiting:  # everything waiting was cancelled
+                continue
+            batch = self._take_batch()
+            images = sum(entry.size for entry in batch)
+            self._running_images = images
+            started = time.monotonic()
+            try:
+                results = await loop.run_in_executor(self._executor, self._run, [e.item for e in batch])
+                if len(results) != len(batch):
+                    raise RuntimeError(f"batch function returned {len(results)} results for {len(batch)} items")
+            except asyncio.CancelledError:  # stop(): nobody will deliver these results
+                for entry in batch:
+                    if not entry.future.done():
+                        entry.future.set_exception(
+                            ServiceUnavailableError("The server is shutting down.", retry_after=1)
+                        )
+                raise
+            except Exception as exc:  # the whole batch fails; each waiter gets the error
+                log.exception("batch of %d images failed", images)
+                for entry in batch:
+                    if not entry.future.done():
+                        entry.future.set_exception(exc)
+            else:
+                for entry, result in zip(batch, results, strict=True):
+                    if not entry.future.done():
+                        entry.future.set_result(result)
+            finally:
+                self._running_images = 0
+                self._sequential = len(batch) == 1 and not self._waiting
+            elapsed = time.monotonic() - started
+            self._batch_seconds = 0.7 * self._batch_seconds + 0.3 * elapsed
+            if self._on_batch is not None:
+                self._on_batch(images, elapsed)

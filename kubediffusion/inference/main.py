@@ -1,0 +1,73 @@
+"""``kubediffusion inference``: run the model server for one model with uvicorn.
+
+Exit status: 0 after a normal shutdown, 1 when the model cannot be loaded (the reason is logged and,
+in a Kubernetes pod, written to /dev/termination-log so it shows in the pod's status), 2 for bad
+settings. A missing or incomplete model directory is detected before the server starts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import uvicorn
+from pydantic import ValidationError
+
+from kubediffusion.inference.app import create_app
+from kubediffusion.inference.backend import ModelLoadError
+from kubediffusion.inference.pipeline import check_model_dir
+from kubediffusion.inference.settings import settings_from_args
+
+log = logging.getLogger("kubediffusion.inference")
+
+TERMINATION_LOG = Path("/dev/termination-log")
+
+
+def _fail(message: str) -> None:
+    log.error("cannot serve the model: %s", message)
+    try:
+        if TERMINATION_LOG.exists():
+            TERMINATION_LOG.write_text(f"ModelLoadFailed: {message}\n", encoding="utf-8")
+    except OSError:
+        pass
+
+
+def main(argv: list[str]) -> int:
+    try:
+        settings = settings_from_args(argv)
+    except (ValidationError, json.JSONDecodeError, ValueError) as exc:
+        sys.stderr.write(f"kubediffusion inference: invalid settings: {exc}\n")
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        check_model_dir(settings.model_dir)
+    except ModelLoadError as exc:
+        _fail(str(exc))
+        return 1
+
+    fatal: list[str] = []
+    server: uvicorn.Server | None = None
+
+    def on_fatal(message: str) -> None:
+        fatal.append(message)
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(settings, on_fatal=on_fatal)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        lifespan="on",
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    if fatal:
+        _fail(fatal[0])
+        return 1
+    return 0

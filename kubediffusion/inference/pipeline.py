@@ -1,0 +1,254 @@
+"""Load a diffusers text-to-image pipeline from a local directory, and generate with it.
+
+``load_backend(settings)`` is the ``BackendLoader`` the server uses: it checks the directory first (so
+a missing or half-written model fails in milliseconds with a clear message), picks the device (CUDA
+when present) and dtype (float16 on CPU falls back to float32 with a warning), loads offline with
+``AutoPipelineForText2Image`` or the named diffusers class, and applies ``accel.optimize_pipeline``.
+
+Determinism: image ``i`` of a request with seed ``s`` uses its own CPU ``torch.Generator`` seeded with
+``s + i``, so the same request on the same device gives the same bytes whatever else shares its batch
+(within floating-point reproducibility of the device's kernels).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import itertools
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kubediffusion.inference.accel import optimize_pipeline
+from kubediffusion.inference.backend import BackendDescription, ImageJob, ModelLoadError, StepCallback
+from kubediffusion.inference.tiny import read_smoke_test_marker
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from kubediffusion.inference.settings import InferenceSettings
+
+log = logging.getLogger(__name__)
+
+MODEL_INDEX = "model_index.json"
+# diffusers/accelerate load through process-global patches (meta-device init), so two pipelines loading
+# in two threads at once break each other; one server loads one model, but tests and benchmarks load more.
+_LOAD_LOCK = threading.Lock()
+
+
+def check_model_dir(model_dir: Path) -> dict[str, Any]:
+    """The parsed model_index.json, or ModelLoadError saying what is wrong with the directory."""
+    if not model_dir.exists():
+        raise ModelLoadError(f"model directory {model_dir} does not exist")
+    if not model_dir.is_dir():
+        raise ModelLoadError(f"model directory {model_dir} is not a directory")
+    index = model_dir / MODEL_INDEX
+    if not index.is_file():
+        raise ModelLoadError(
+            f"{model_dir} is not a diffusers pipeline: {MODEL_INDEX} is missing (is the cache complete?)"
+        )
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{index} is unreadable or not JSON: {exc}") from None
+    if not isinstance(data, dict) or "_class_name" not in data:
+        raise ModelLoadError(f"{index} has no _class_name; not a diffusers pipeline")
+    return data
+
+
+def resolve_device(requested: str) -> str:
+    import torch
+
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("device 'cuda' was requested but CUDA is not available")
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def resolve_dtype(requested: str, device: str) -> str:
+    if device == "cpu" and requested == "float16":
+        log.warning("float16 is not supported on CPU; loading the model in float32 instead")
+        return "float32"
+    return requested
+
+
+def _pipeline_class(name: str) -> Any:
+    import diffusers
+
+    if name == "auto":
+        return diffusers.AutoPipelineForText2Image
+    cls = getattr(diffusers, name, None)
+    if cls is None or not hasattr(cls, "from_pretrained"):
+        raise ModelLoadError(f"pipeline {name!r} is not a diffusers pipeline class (or 'auto')")
+    return cls
+
+
+def _dtype_kwarg() -> str:
+    """diffusers >= 0.36 renamed ``torch_dtype`` to ``dtype``."""
+    try:
+        from diffusers.utils import deprecation_utils
+    except ImportError:
+        return "torch_dtype"
+    return "dtype" if hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE") else "torch_dtype"
+
+
+class DiffusersBackend:
+    """An ``ImageBackend`` around one loaded diffusers pipeline."""
+
+    def __init__(self, pipe: Any, description: BackendDescription) -> None:
+        self.pipe = pipe
+        self._description = description
+        params = inspect.signature(pipe.__call__).parameters
+        self._has_negative = "negative_prompt" in params
+        self._has_step_callback = "callback_on_step_end" in params
+
+    @property
+    def description(self) -> BackendDescription:
+        return self._description
+
+    def generate(self, jobs: Sequence[ImageJob], on_step: StepCallback | None = None) -> list[list[Image]]:
+        import torch
+
+        first = jobs[0].params
+        prompts = [job.params.prompt for job in jobs for _ in job.seeds]
+        negatives = [job.params.negative_prompt for job in jobs for _ in job.seeds]
+        generators = [torch.Generator(device="cpu").manual_seed(seed) for job in jobs for seed in job.seeds]
+        kwargs: dict[str, Any] = {
+            "prompt": prompts,
+            "num_inference_steps": first.steps,
+            "guidance_scale": first.guidance,
+            "width": first.width,
+            "height": first.height,
+            "generator": generators,
+            "output_type": "pil",
+        }
+        # All-empty negatives are left out: SDXL treats None (zeros) and "" (encoded) differently.
+        if self._has_negative and any(negatives):
+            kwargs["negative_prompt"] = negatives
+        started = time.perf_counter()
+        marks: list[Any] = []  # per-step timestamps: CUDA events on a GPU (no sync per step), else clock
+        on_cuda = self._description.device == "cuda"
+        if on_step is not None and self._has_step_callback:
+            marks.append(_mark(on_cuda))
+
+            def _step(_pipe: Any, _step_index: int, _timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+                marks.append(_mark(on_cuda))
+                return callback_kwargs
+
+            kwargs["callback_on_step_end"] = _step
+        with torch.inference_mode():
+            images: list[Image] = list(self.pipe(**kwargs).images)
+        if on_step is not None:
+            if len(marks) > 1:
+                for seconds in _step_seconds(marks, on_cuda):
+                    on_step(seconds)
+            else:
+                per_step = (time.perf_counter() - started) / max(1, first.steps)
+                for _ in range(first.steps):
+                    on_step(per_step)
+        result: list[list[Image]] = []
+        offset = 0
+        for job in jobs:
+            result.append(images[offset : offset + len(job.seeds)])
+            offset += len(job.seeds)
+        return result
+
+    def vram(self) -> tuple[int, int] | None:
+        if self._description.device != "cuda":
+            return None
+        import torch
+
+        free, total = torch.cuda.mem_get_info()
+        return int(free), int(total)
+
+    def close(self) -> None:
+        self.pipe = None
+        if self._description.device == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+
+def _mark(on_cuda: bool) -> Any:
+    if not on_cuda:
+        return time.perf_counter()
+    torch: Any = importlib.import_module("torch")
+    event = torch.cuda.Event(enable_timing=True)
+    event.record()
+    return event
+
+
+def _step_seconds(marks: list[Any], on_cuda: bool) -> list[float]:
+    if not on_cuda:
+        return [later - earlier for earlier, later in itertools.pairwise(marks)]
+    marks[-1].synchronize()
+    return [earlier.elapsed_time(later) / 1000 for earlier, later in itertools.pairwise(marks)]
+
+
+def _quiet_progress_bars() -> None:
+    """Loading bars are noise in a server's log."""
+    try:
+        diffusers_logging: Any = importlib.import_module("diffusers.utils.logging")
+        transformers_logging: Any = importlib.import_module("transformers.utils.logging")
+    except ImportError:
+        return
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
+def load_backend(settings: InferenceSettings) -> DiffusersBackend:
+    """Load ``settings.model_dir`` offline; ModelLoadError with a clear message on any failure."""
+    index = check_model_dir(settings.model_dir)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import torch
+
+    _quiet_progress_bars()
+    device = resolve_device(settings.device)
+    dtype_name = resolve_dtype(settings.dtype, device)
+    cls = _pipeline_class(settings.pipeline)
+    smoke_test = read_smoke_test_marker(settings.model_dir) is not None
+    if smoke_test:
+        log.warning("%s is the tiny smoke-test model: random weights, it makes noise, not pictures", settings.model_dir)
+    started = time.monotonic()
+    log.info(
+        "loading %s (%s) from %s on %s as %s",
+        index["_class_name"],
+        settings.pipeline,
+        settings.model_dir,
+        device,
+        dtype_name,
+    )
+    try:
+        with _LOAD_LOCK:
+            pipe = cls.from_pretrained(
+                str(settings.model_dir), local_files_only=True, **{_dtype_kwarg(): getattr(torch, dtype_name)}
+            )
+            pipe = pipe.to(device)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"could not load the pipeline in {settings.model_dir}: {type(exc).__name__}: {exc}"
+        ) from exc
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)
+    applied = optimize_pipeline(pipe, device=device, compile=settings.compile)
+    log.info(
+        "loaded %s in %.1fs%s",
+        type(pipe).__name__,
+        time.monotonic() - started,
+        f" (speed-ups: {', '.join(applied)})" if applied else "",
+    )
+    description = BackendDescription(
+        pipeline_class=type(pipe).__name__,
+        device=device,
+        dtype=dtype_name,
+        smoke_test=smoke_test,
+        compiled=settings.compile and device == "cuda",
+    )
+    return DiffusersBackend(pipe, description)
