@@ -6,7 +6,7 @@ Modules, each small and named for what it does:
     app.py             create_app(settings, discovery=..., transport=...): routes, lifespan, request flow
     routing.py         ModelEntry + RoutingTable: names, aliases, the default model
     discovery.py       the Discovery protocol + StaticDiscovery (YAML file)
-    kube_discovery.py  KubernetesDiscovery: watches ImageModels and EndpointSlices
+    kube_discovery.py  KubernetesDiscovery: watches ImageModels and their inference Pods
     balancer.py        least-requests-in-flight, passive ejection of unreachable pods
     forwarding.py      Forwarder: bounded retries on other pods; streams the pod's bytes through
     signing.py         HMAC-SHA256 signed, expiring image links

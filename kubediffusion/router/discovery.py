@@ -4,8 +4,8 @@ One interface, :class:`Discovery`, two implementations:
 
 * :class:`StaticDiscovery` (here): a YAML file listing models and their endpoint URLs, for
   ``kubediffusion local`` and for routers outside a cluster.
-* :class:`kubediffusion.router.kube_discovery.KubernetesDiscovery`: watches ImageModels and the
-  EndpointSlices of their Services through the API server.
+* :class:`kubediffusion.router.kube_discovery.KubernetesDiscovery`: watches ImageModels and their
+  inference Pods through the API server.
 
 Both produce :class:`~kubediffusion.router.routing.RoutingTable` snapshots.
 """

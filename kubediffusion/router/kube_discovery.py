@@ -1,11 +1,17 @@
-"""Discovery from the Kubernetes API server: ImageModels and the EndpointSlices of their Services.
+"""Discovery from the Kubernetes API server: ImageModels and their inference Pods.
 
 Two watch loops run in daemon threads (the official client is synchronous; no extra dependency):
 
 * ImageModels (``kubediffusion.io/v1alpha1``): spec aliases/default/defaults/limits/presets and
   status.readyReplicas;
-* EndpointSlices labelled ``kubernetes.io/service-name``, keeping those of ``im-<model>`` Services:
-  ready endpoints' addresses with the port named ``http``.
+* Pods labelled ``app.kubernetes.io/component=inference`` and ``kubediffusion.io/model=<model>``
+  (the operator's labels, :mod:`kubediffusion.operator.names`): a pod is an endpoint
+  ``http://<status.podIP>:<container port named http>`` while it is Ready, has an IP and is not
+  terminating.
+
+Pods rather than the EndpointSlices of the ``im-<model>`` Services: one hop less of lag (no
+EndpointSlice controller in between), no Service needed, and it works where pod IPs are loopback
+addresses (the API server refuses those in EndpointSlices; our local test control plane uses them).
 
 Each loop lists (a full snapshot, replacing what it knew), then watches from the list's
 resourceVersion with a server-side timeout, and re-watches. A 410 Gone or any other error drops
@@ -27,6 +33,7 @@ from typing import Any
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
+from kubediffusion.operator.names import COMPONENT_LABEL, MODEL_LABEL, PORT, PORT_NAME
 from kubediffusion.operator.spec import ImageModelSpec, InvalidSpecError
 from kubediffusion.router.routing import ModelEntry, RoutingTable
 from kubediffusion.router.settings import RouterSettings
@@ -34,9 +41,8 @@ from kubediffusion.router.settings import RouterSettings
 log = logging.getLogger(__name__)
 
 GROUP, VERSION, PLURAL = "kubediffusion.io", "v1alpha1", "imagemodels"
-SERVICE_NAME_LABEL = "kubernetes.io/service-name"
-SERVICE_PREFIX = "im-"
-PORT_NAME = "http"
+# Server-side: inference pods of any model (cache Job pods carry the model label with component cache).
+POD_SELECTOR = f"{COMPONENT_LABEL}=inference,{MODEL_LABEL}"
 ERROR_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0)
 
 Key = tuple[str, str]  # (namespace, name)
@@ -71,34 +77,40 @@ def model_entry(obj: dict[str, Any], endpoints: tuple[str, ...]) -> ModelEntry |
     )
 
 
-def slice_endpoints(obj: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
-    """An EndpointSlice -> (service name, base URLs of its ready endpoints on the ``http`` port)."""
-    labels = (obj.get("metadata") or {}).get("labels") or {}
-    service = labels.get(SERVICE_NAME_LABEL, "")
-    ports = obj.get("ports") or []
-    port = next((p.get("port") for p in ports if p.get("name") == PORT_NAME), None)
+def pod_endpoint(obj: dict[str, Any]) -> tuple[str, str | None]:
+    """A Pod -> (its model label, its base URL, or None while it must get no requests).
+
+    None unless the pod is Ready, has an IP and is not terminating (a deleted pod keeps Ready=True
+    until its kubelet stops it: no new work for it). The port is the container port named ``http``
+    in any container, else the only port declared, else the inference server's default.
+    """
+    meta = obj.get("metadata") or {}
+    model = (meta.get("labels") or {}).get(MODEL_LABEL, "")
+    status = obj.get("status") or {}
+    ip = status.get("podIP")
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    if not ip or not ready or meta.get("deletionTimestamp"):
+        return model, None
+    host = f"[{ip}]" if ":" in ip else ip
+    return model, f"http://{host}:{_http_port(obj.get('spec') or {})}"
+
+
+def _http_port(spec: dict[str, Any]) -> int:
+    ports = [p for c in spec.get("containers") or [] for p in c.get("ports") or []]
+    port = next((p.get("containerPort") for p in ports if p.get("name") == PORT_NAME), None)
     if port is None and len(ports) == 1:
-        port = ports[0].get("port")
-    if port is None:
-        return service, ()
-    ipv6 = obj.get("addressType") == "IPv6"
-    urls = []
-    for endpoint in obj.get("endpoints") or []:
-        conditions = endpoint.get("conditions") or {}
-        if conditions.get("ready") is False or conditions.get("terminating") is True:
-            continue  # an absent "ready" means ready (API docs); terminating pods get no new work
-        for address in endpoint.get("addresses") or []:
-            urls.append(f"http://[{address}]:{port}" if ipv6 else f"http://{address}:{port}")
-    return service, tuple(urls)
+        port = ports[0].get("containerPort")
+    return port if isinstance(port, int) else PORT
 
 
-def build_table(models: dict[Key, dict[str, Any]], slices: dict[Key, tuple[str, tuple[str, ...]]]) -> RoutingTable:
-    by_service: dict[Key, list[str]] = {}
-    for (namespace, _), (service, urls) in slices.items():
-        by_service.setdefault((namespace, service), []).extend(urls)
+def build_table(models: dict[Key, dict[str, Any]], pods: dict[Key, tuple[str, str | None]]) -> RoutingTable:
+    by_model: dict[Key, list[str]] = {}
+    for (namespace, _), (model, url) in pods.items():
+        if url is not None:
+            by_model.setdefault((namespace, model), []).append(url)
     entries = []
     for (namespace, name), obj in models.items():
-        urls = tuple(sorted(set(by_service.get((namespace, SERVICE_PREFIX + name), ()))))
+        urls = tuple(sorted(set(by_model.get((namespace, name), ()))))
         entry = model_entry(obj, urls)
         if entry is not None:
             entries.append(entry)
@@ -134,7 +146,7 @@ class KubernetesDiscovery:
         self._on_change = on_change
         self._lock = threading.Lock()
         self._models: dict[Key, dict[str, Any]] = {}
-        self._slices: dict[Key, tuple[str, tuple[str, ...]]] = {}
+        self._pods: dict[Key, tuple[str, str | None]] = {}
         self._listed: set[str] = set()
         self._table = RoutingTable()
         self._stop = threading.Event()
@@ -159,14 +171,14 @@ class KubernetesDiscovery:
 
     @property
     def synced(self) -> bool:
-        return self._listed >= {"models", "slices"}
+        return self._listed >= {"models", "pods"}
 
     def table(self) -> RoutingTable:
         return self._table
 
     async def start(self) -> None:
         self._stop.clear()
-        for kind in ("models", "slices"):
+        for kind in ("models", "pods"):
             thread = threading.Thread(target=self._run, args=(kind,), name=f"discovery-{kind}", daemon=True)
             self._threads.append(thread)
             thread.start()
@@ -193,12 +205,10 @@ class KubernetesDiscovery:
                     group=GROUP, version=VERSION, namespace=self._namespace, plural=PLURAL
                 )
             return custom.list_cluster_custom_object, dict(group=GROUP, version=VERSION, plural=PLURAL)
-        discovery = client.DiscoveryV1Api(self._api_client)
+        core = client.CoreV1Api(self._api_client)
         if self._namespace:
-            return discovery.list_namespaced_endpoint_slice, dict(
-                namespace=self._namespace, label_selector=SERVICE_NAME_LABEL
-            )
-        return discovery.list_endpoint_slice_for_all_namespaces, dict(label_selector=SERVICE_NAME_LABEL)
+            return core.list_namespaced_pod, dict(namespace=self._namespace, label_selector=POD_SELECTOR)
+        return core.list_pod_for_all_namespaces, dict(label_selector=POD_SELECTOR)
 
     def _run(self, kind: str) -> None:
         failures = 0
@@ -232,7 +242,7 @@ class KubernetesDiscovery:
             if kind == "models":
                 self._models = {_key(item): item for item in items}
             else:
-                self._slices = {_key(item): slice_endpoints(item) for item in items}
+                self._pods = {_key(item): pod_endpoint(item) for item in items}
             self._listed.add(kind)
             self._rebuild()
         version: str = (body.get("metadata") or {}).get("resourceVersion", "")
@@ -271,13 +281,13 @@ class KubernetesDiscovery:
                 else:
                     self._models[key] = obj
             elif event_type == "DELETED":
-                self._slices.pop(key, None)
+                self._pods.pop(key, None)
             else:
-                self._slices[key] = slice_endpoints(obj)
+                self._pods[key] = pod_endpoint(obj)
             self._rebuild()
 
     def _rebuild(self) -> None:
-        table = build_table(self._models, self._slices)
+        table = build_table(self._models, self._pods)
         if table != self._table:
             self._table = table
             log.info("routing table: %s", ", ".join(f"{m.name}({len(m.endpoints)})" for m in table.models) or "empty")

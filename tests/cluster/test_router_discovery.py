@@ -1,7 +1,14 @@
-"""The router's Kubernetes discovery follows ImageModels and EndpointSlices in a real API server.
+"""The router's Kubernetes discovery follows ImageModels and inference Pods in a real API server.
 
-No operator runs here: the test creates the ImageModel, its Service and EndpointSlices itself, as the
-operator and the EndpointSlice controller would, and watches the router's routing table follow.
+No operator and no kubelet act here: the test creates the ImageModel and the Pods itself, as the
+operator's Deployment would, and writes the pods' status (podIP, Ready) through the status
+subresource, as a kubelet would; then watches the router's routing table follow.
+
+The pods are bound to a kwok node (healthy, so neither the pod GC nor the node lifecycle controller
+touches them) and carry ``kwok.x-k8s.io/status: custom``: kwok leaves their status to us
+(tests/support/controlplane.py starts it with ``--disregard-status-with-annotation-selector``).
+No kubelet also means a deleted pod stays Terminating until it is force-deleted: the test sees
+that state too.
 """
 
 from __future__ import annotations
@@ -18,9 +25,11 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from kubediffusion.api.errors import NotFoundError
+from kubediffusion.operator import names
 from kubediffusion.router.app import create_app
 from kubediffusion.router.kube_discovery import GROUP, PLURAL, VERSION, KubernetesDiscovery
 from kubediffusion.router.settings import RouterSettings
+from tests.support.nodes import CPU_NODE_NAMES
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -64,6 +73,13 @@ def discovery(api_client: client.ApiClient, namespace: str, imagemodel_crd: None
         asyncio.run(watcher.stop())
 
 
+@pytest.fixture
+def pods_force_deleted(api_client: client.ApiClient, namespace: str) -> Iterator[None]:
+    """No kubelet finishes graceful deletions here: force-delete the pods, so the namespace can go."""
+    yield
+    client.CoreV1Api(api_client).delete_collection_namespaced_pod(namespace, grace_period_seconds=0)
+
+
 def imagemodel(name: str, **spec: Any) -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
@@ -73,31 +89,52 @@ def imagemodel(name: str, **spec: Any) -> dict[str, Any]:
     }
 
 
-def service(name: str) -> dict[str, Any]:
-    # No selector: the EndpointSlice controller leaves this Service's slices to us.
+NODE = CPU_NODE_NAMES[0]
+
+
+def pod(name: str, model: str, component: str = "inference") -> dict[str, Any]:
+    """An inference pod as the operator's Deployment makes them (labels, port ``http``)."""
     return {
         "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": name},
-        "spec": {"ports": [{"name": "http", "port": 8000, "targetPort": 8000}]},
-    }
-
-
-def endpoint_slice(name: str, service_name: str, addresses: dict[str, bool]) -> dict[str, Any]:
-    return {
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
+        "kind": "Pod",
         "metadata": {
             "name": name,
-            "labels": {
-                "kubernetes.io/service-name": service_name,
-                "endpointslice.kubernetes.io/managed-by": "kubediffusion-tests",
-            },
+            "labels": names.labels(model, component),
+            "annotations": {"kwok.x-k8s.io/status": "custom"},  # kwok: hands off its status
         },
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": 8000, "protocol": "TCP"}],
-        "endpoints": [{"addresses": [ip], "conditions": {"ready": ready}} for ip, ready in addresses.items()],
+        "spec": {
+            "nodeName": NODE,
+            "containers": [
+                {
+                    "name": "inference",
+                    "image": "kubediffusion/inference:test",
+                    "ports": [{"name": names.PORT_NAME, "containerPort": names.PORT}],
+                }
+            ],
+        },
     }
+
+
+def set_status(core: client.CoreV1Api, namespace: str, name: str, ip: str, ready: bool) -> None:
+    """What the kubelet would report: Running, its IP, Ready or not."""
+    body = {
+        "status": {
+            "phase": "Running",
+            "podIP": ip,
+            "podIPs": [{"ip": ip}],
+            "conditions": [
+                {"type": "PodScheduled", "status": "True"},
+                {"type": "ContainersReady", "status": "True" if ready else "False"},
+                {"type": "Ready", "status": "True" if ready else "False"},
+            ],
+        }
+    }
+    core.patch_namespaced_pod_status(name, namespace, body)
+
+
+def start_pod(core: client.CoreV1Api, namespace: str, name: str, model: str, ip: str, *, ready: bool) -> None:
+    core.create_namespaced_pod(namespace, pod(name, model))
+    set_status(core, namespace, name, ip, ready)
 
 
 def endpoints_of(watcher: KubernetesDiscovery, model: str) -> tuple[str, ...] | None:
@@ -107,46 +144,70 @@ def endpoints_of(watcher: KubernetesDiscovery, model: str) -> tuple[str, ...] | 
         return None
 
 
-def test_discovery_follows_imagemodels_and_endpointslices(
-    api_client: client.ApiClient, namespace: str, discovery: KubernetesDiscovery
+def test_discovery_follows_imagemodels_and_pods(
+    api_client: client.ApiClient, namespace: str, discovery: KubernetesDiscovery, pods_force_deleted: None
 ) -> None:
     custom = client.CustomObjectsApi(api_client)
     core = client.CoreV1Api(api_client)
-    slices = client.DiscoveryV1Api(api_client)
     assert len(discovery.table()) == 0
 
-    # add: the model appears with its aliases; no slice yet -> known but no endpoints
+    # add: the model appears with its aliases; no pod yet -> known but no endpoints
     custom.create_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURAL, imagemodel("tiny", aliases=["dall-e-2"], default=True)
     )
     wait_for(lambda: endpoints_of(discovery, "dall-e-2") == (), timeout=20, interval=0.1, message="model added")
     assert discovery.table().resolve(None).name == "tiny"
 
-    core.create_namespaced_service(namespace, service("im-tiny"))
-    slices.create_namespaced_endpoint_slice(
-        namespace, endpoint_slice("im-tiny-a", "im-tiny", {"10.20.0.5": True, "10.20.0.6": False})
-    )
-    slices.create_namespaced_endpoint_slice(namespace, endpoint_slice("im-tiny-b", "im-tiny", {"10.20.0.7": True}))
-    # a slice of some other Service is ignored
-    slices.create_namespaced_endpoint_slice(namespace, endpoint_slice("other", "im-other", {"10.20.0.9": True}))
+    # pods: created (no IP, not ready yet), then the "kubelet" reports. Loopback IPs, as our e2e pods
+    # have (the API server would refuse them in EndpointSlices; in pod status they are fine).
+    core.create_namespaced_pod(namespace, pod("tiny-a", "tiny"))
+    wait_for(lambda: discovery._pods.get((namespace, "tiny-a")) == ("tiny", None), timeout=20, interval=0.1)
+    assert endpoints_of(discovery, "tiny") == ()  # a pod without an IP is no endpoint
+    set_status(core, namespace, "tiny-a", "127.30.0.5", ready=True)
+    start_pod(core, namespace, "tiny-b", "tiny", "127.30.0.6", ready=False)
+    start_pod(core, namespace, "tiny-c", "tiny", "127.30.0.7", ready=True)
+    # ignored: the model's cache Job pod (component cache), and another model's pod
+    core.create_namespaced_pod(namespace, pod("tiny-cache", "tiny", component="cache"))
+    set_status(core, namespace, "tiny-cache", "127.30.0.8", ready=True)
+    start_pod(core, namespace, "other-a", "other", "127.30.0.9", ready=True)
     wait_for(
-        lambda: endpoints_of(discovery, "tiny") == ("http://10.20.0.5:8000", "http://10.20.0.7:8000"),
+        lambda: endpoints_of(discovery, "tiny") == ("http://127.30.0.5:8000", "http://127.30.0.7:8000"),
         timeout=20,
         interval=0.1,
-        message="ready endpoints of both slices",
+        message="ready pods only",
+    )
+    # the server-side selector left the cache pod out (its events came before other-a's: watch order)
+    wait_for(lambda: discovery._pods.get((namespace, "other-a"), ("", None))[1], timeout=20, interval=0.1)
+    assert (namespace, "tiny-cache") not in discovery._pods
+    # kwok left the status we wrote alone (else it would have put its own IPs there)
+    assert core.read_namespaced_pod("tiny-a", namespace).status.pod_ip == "127.30.0.5"
+
+    # one pod turns ready, another unready
+    set_status(core, namespace, "tiny-b", "127.30.0.6", ready=True)
+    set_status(core, namespace, "tiny-a", "127.30.0.5", ready=False)
+    wait_for(
+        lambda: endpoints_of(discovery, "tiny") == ("http://127.30.0.6:8000", "http://127.30.0.7:8000"),
+        timeout=20,
+        interval=0.1,
+        message="readiness followed",
     )
 
-    # a pod turns ready, another goes away
-    slices.patch_namespaced_endpoint_slice(
-        "im-tiny-a", namespace, endpoint_slice("im-tiny-a", "im-tiny", {"10.20.0.6": True})
-    )
-    slices.delete_namespaced_endpoint_slice("im-tiny-b", namespace)
+    # a deleted pod is Terminating (still Ready: no kubelet here) and gets no new work; then it is gone
+    core.delete_namespaced_pod("tiny-c", namespace)
     wait_for(
-        lambda: endpoints_of(discovery, "tiny") == ("http://10.20.0.6:8000",),
+        lambda: endpoints_of(discovery, "tiny") == ("http://127.30.0.6:8000",),
         timeout=20,
         interval=0.1,
-        message="endpoints updated",
+        message="terminating pod dropped",
     )
+    terminating = core.read_namespaced_pod("tiny-c", namespace)
+    assert terminating.metadata.deletion_timestamp is not None
+    assert any(c.type == "Ready" and c.status == "True" for c in terminating.status.conditions)
+    core.delete_namespaced_pod("tiny-c", namespace, grace_period_seconds=0)
+    wait_for(
+        lambda: (namespace, "tiny-c") not in discovery._pods, timeout=20, interval=0.1, message="deleted pod forgotten"
+    )
+    assert endpoints_of(discovery, "tiny") == ("http://127.30.0.6:8000",)
 
     # change alias and status
     custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "tiny", {"spec": {"aliases": ["sd"]}})
@@ -169,10 +230,10 @@ def test_discovery_follows_imagemodels_and_endpointslices(
     # a second model, then delete the first
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, imagemodel("other"))
     wait_for(
-        lambda: endpoints_of(discovery, "other") == ("http://10.20.0.9:8000",),
+        lambda: endpoints_of(discovery, "other") == ("http://127.30.0.9:8000",),
         timeout=20,
         interval=0.1,
-        message="second model with its pre-existing slice",
+        message="second model with its pre-existing pod",
     )
     custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "tiny")
     wait_for(

@@ -8,8 +8,15 @@ from typing import Any
 import pytest
 import yaml
 
+from kubediffusion.operator import names
 from kubediffusion.router.discovery import StaticDiscovery, parse_static_config
-from kubediffusion.router.kube_discovery import KubernetesDiscovery, build_table, model_entry, slice_endpoints
+from kubediffusion.router.kube_discovery import (
+    POD_SELECTOR,
+    KubernetesDiscovery,
+    build_table,
+    model_entry,
+    pod_endpoint,
+)
 
 
 def test_static_config_file(tmp_path: Path) -> None:
@@ -51,39 +58,80 @@ def test_bad_static_config_says_what_is_wrong(data: Any) -> None:
         parse_static_config(data)
 
 
-def slice_(
-    service: str,
-    *endpoints: dict[str, Any],
+def pod(
+    model: str,
+    ip: str | None = "10.0.0.1",
+    *,
+    ready: bool | None = True,
     ns: str = "default",
-    name: str = "s1",
-    ports: list[dict[str, Any]] | None = None,
-    address_type: str = "IPv4",
+    name: str = "p1",
+    containers: list[dict[str, Any]] | None = None,
+    terminating: bool = False,
 ) -> dict[str, Any]:
-    return {
-        "metadata": {"name": name, "namespace": ns, "labels": {"kubernetes.io/service-name": service}},
-        "addressType": address_type,
-        "endpoints": list(endpoints),
-        "ports": ports if ports is not None else [{"name": "http", "port": 8000}],
-    }
+    """A Pod as the API server sends it, labelled as the operator labels inference pods."""
+    meta: dict[str, Any] = {"name": name, "namespace": ns, "labels": names.labels(model, "inference")}
+    if terminating:
+        meta["deletionTimestamp"] = "2026-01-02T03:04:05Z"
+    status: dict[str, Any] = {"phase": "Running"}
+    if ip is not None:
+        status["podIP"] = ip
+    if ready is not None:
+        status["conditions"] = [
+            {"type": "PodScheduled", "status": "True"},
+            {"type": "Ready", "status": "True" if ready else "False"},
+        ]
+    if containers is None:
+        containers = [{"name": "inference", "ports": [{"name": "http", "containerPort": 8000}]}]
+    return {"metadata": meta, "spec": {"containers": containers}, "status": status}
 
 
-def test_slice_keeps_ready_endpoints_on_the_http_port() -> None:
-    obj = slice_(
-        "im-tiny",
-        {"addresses": ["10.0.0.1"], "conditions": {"ready": True}},
-        {"addresses": ["10.0.0.2"], "conditions": {"ready": False}},
-        {"addresses": ["10.0.0.3"]},
-        {"addresses": ["10.0.0.4"], "conditions": {"ready": True, "terminating": True}},
-        ports=[{"name": "metrics", "port": 9090}, {"name": "http", "port": 8000}],
-    )
-    assert slice_endpoints(obj) == ("im-tiny", ("http://10.0.0.1:8000", "http://10.0.0.3:8000"))
+def test_a_ready_pod_is_an_endpoint_on_its_http_port() -> None:
+    assert pod_endpoint(pod("tiny", "10.0.0.1")) == ("tiny", "http://10.0.0.1:8000")
 
 
-def test_slice_ipv6_and_missing_port() -> None:
-    assert slice_endpoints(slice_("im-x", {"addresses": ["fd00::1"]}, address_type="IPv6"))[1] == (
-        "http://[fd00::1]:8000",
-    )
-    assert slice_endpoints(slice_("im-x", {"addresses": ["10.0.0.1"]}, ports=[]))[1] == ()
+@pytest.mark.parametrize(
+    "obj",
+    [
+        pod("tiny", ready=False),
+        pod("tiny", ready=None),  # no conditions yet (just scheduled)
+        pod("tiny", ip=None),
+        pod("tiny", ip=""),
+        pod("tiny", terminating=True),  # still Ready until its kubelet stops it: no new work
+    ],
+    ids=["unready", "no-conditions", "no-ip", "empty-ip", "terminating"],
+)
+def test_a_pod_that_must_get_no_requests_is_no_endpoint_but_keeps_its_model(obj: dict[str, Any]) -> None:
+    assert pod_endpoint(obj) == ("tiny", None)
+
+
+def test_the_port_named_http_in_any_container_else_the_only_port_else_8000() -> None:
+    sidecar = {"name": "sidecar", "ports": [{"name": "metrics", "containerPort": 9090}]}
+    named = {"name": "inference", "ports": [{"containerPort": 7000}, {"name": "http", "containerPort": 9000}]}
+    assert pod_endpoint(pod("x", containers=[sidecar, named]))[1] == "http://10.0.0.1:9000"
+    only = {"name": "inference", "ports": [{"containerPort": 7000}]}
+    assert pod_endpoint(pod("x", containers=[only]))[1] == "http://10.0.0.1:7000"
+    assert pod_endpoint(pod("x", containers=[{"name": "inference"}]))[1] == "http://10.0.0.1:8000"
+    two = {"name": "inference", "ports": [{"containerPort": 7000}, {"containerPort": 7001}]}
+    assert pod_endpoint(pod("x", containers=[two]))[1] == "http://10.0.0.1:8000"
+
+
+def test_an_ipv6_pod_address_is_bracketed() -> None:
+    assert pod_endpoint(pod("x", "fd00::1"))[1] == "http://[fd00::1]:8000"
+
+
+def test_the_server_side_selector_keeps_inference_pods_of_any_model_and_drops_cache_pods() -> None:
+    # The API server applies the selector; here: that it says what the operator's labels mean.
+    def matches(labels: dict[str, str]) -> bool:
+        for term in POD_SELECTOR.split(","):
+            key, _, value = term.partition("=")
+            if key not in labels or (value and labels[key] != value):
+                return False
+        return True
+
+    assert matches(names.labels("tiny", "inference")) and matches(names.labels("other", "inference", smoke_test=True))
+    assert not matches(names.labels("tiny", "cache"))
+    assert not matches({names.COMPONENT_LABEL: "inference"})  # no model label: not ours to route
+    assert all(matches({**names.selector(model), "extra": "1"}) for model in ("a", "b"))
 
 
 def imagemodel(name: str, spec: dict[str, Any], ns: str = "default", ready: int = 1) -> dict[str, Any]:
@@ -137,17 +185,21 @@ def test_imagemodel_with_an_unusable_spec_is_skipped(spec: dict[str, Any]) -> No
     assert model_entry(imagemodel("bad", spec), ()) is None
 
 
-def test_table_joins_models_with_their_services_slices_in_the_same_namespace() -> None:
+def test_table_joins_models_with_their_pods_by_namespace_and_model_label() -> None:
     tiny = {"source": {"tiny": {}}}
     models = {("a", "tiny"): imagemodel("tiny", tiny, ns="a"), ("b", "other"): imagemodel("other", tiny, ns="b")}
-    slices = {
-        ("a", "s1"): slice_endpoints(slice_("im-tiny", {"addresses": ["10.0.0.1"]}, ns="a")),
-        ("a", "s2"): slice_endpoints(slice_("im-tiny", {"addresses": ["10.0.0.2"]}, ns="a", name="s2")),
-        ("b", "s3"): slice_endpoints(slice_("im-tiny", {"addresses": ["10.0.0.9"]}, ns="b", name="s3")),
+    pods = {
+        ("a", "p1"): pod_endpoint(pod("tiny", "10.0.0.2", ns="a", name="p1")),
+        ("a", "p2"): pod_endpoint(pod("tiny", "10.0.0.1", ns="a", name="p2")),
+        ("a", "p3"): pod_endpoint(pod("tiny", "10.0.0.3", ns="a", name="p3", ready=False)),
+        ("a", "p4"): pod_endpoint(pod("other", "10.0.0.4", ns="a", name="p4")),  # other's name, wrong namespace
+        ("b", "p5"): pod_endpoint(pod("tiny", "10.0.0.9", ns="b", name="p5")),  # tiny's name, wrong namespace
+        ("b", "p6"): pod_endpoint(pod("other", "10.0.0.6", ns="b", name="p6", terminating=True)),
     }
-    table = build_table(models, slices)
+    table = build_table(models, pods)
     assert table.resolve("tiny").endpoints == ("http://10.0.0.1:8000", "http://10.0.0.2:8000")
     assert table.resolve("other").endpoints == ()
+    assert len(build_table({}, pods)) == 0  # pods without an ImageModel route nowhere
 
 
 class ScriptedDiscovery(KubernetesDiscovery):
