@@ -1,5 +1,73 @@
-"""Cluster fixtures (control_plane, api_client, namespace): see tests/support/fixtures.py."""
+"""End-to-end fixtures: the local control plane, plus what makes its pods real enough for traffic.
 
-from tests.support.fixtures import api_client, control_plane, namespace
+- ``cache_storage`` (session): default StorageClass + hostPath provisioner; the pod runner maps the
+  same directories, so what the cache Job writes is what model pods read.
+- ``pod_runner`` (session): runs pods scheduled to its node as local processes (tests/e2e/podrunner.py).
+- ``e2e_stack`` (module): a namespace, the real operator and the real router (Kubernetes discovery)
+  watching it. Tests in one module share it, so models are built once per module.
+"""
 
-__all__ = ["api_client", "control_plane", "namespace"]
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from tests.cluster.operator_fixture import OperatorProcess, imagemodel_crd
+from tests.e2e.podrunner import PodRunner
+from tests.e2e.stack import E2EStack, RouterProcess
+from tests.support.fixtures import Cluster, api_client, control_plane, namespace
+from tests.support.provisioner import HostPathProvisioner, ensure_storage_class
+
+__all__ = ["api_client", "control_plane", "imagemodel_crd", "namespace"]
+
+
+@pytest.fixture(scope="session")
+def cache_storage(api_client: client.ApiClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    root = tmp_path_factory.mktemp("volumes")
+    ensure_storage_class(api_client)
+    provisioner = HostPathProvisioner(api_client, root).start()
+    try:
+        yield root
+    finally:
+        provisioner.stop()
+
+
+@pytest.fixture(scope="session")
+def pod_runner(
+    api_client: client.ApiClient, cache_storage: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PodRunner]:
+    runner = PodRunner(api_client, cache_storage, tmp_path_factory.mktemp("pods")).start()
+    try:
+        yield runner
+    finally:
+        runner.stop()
+
+
+@pytest.fixture(scope="module")
+def e2e_stack(
+    request: pytest.FixtureRequest,
+    control_plane: Cluster,
+    api_client: client.ApiClient,
+    imagemodel_crd: str,
+    pod_runner: PodRunner,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[E2EStack]:
+    core = client.CoreV1Api(api_client)
+    module = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_").replace("_", "-")[:30]
+    ns = f"e2e-{module}-{secrets.token_hex(3)}"
+    core.create_namespace({"metadata": {"name": ns, "labels": {"kubediffusion.io/test": "true"}}})
+    workdir = tmp_path_factory.mktemp(f"e2e-{module}")
+    operator = OperatorProcess(control_plane.kubeconfig, workdir / "operator.log",
+                               env={"KD_OPERATOR_NAMESPACE": ns}).start()
+    router = RouterProcess(control_plane.kubeconfig, ns, workdir).start()
+    try:
+        yield E2EStack(api=api_client, namespace=ns, operator=operator, router=router, runner=pod_runner,
+                       workdir=workdir)
+    finally:
+        router.stop()
+        operator.stop()
+        core.delete_namespace(ns)

@@ -1,0 +1,415 @@
+"""Test infrastructure, not product: a tiny "kubelet" that runs pods as local processes.
+
+The local control plane has no container runtime. This runner registers one node (``runner-0``,
+tainted so only pods that tolerate it land there) and does for its pods what a kubelet would: it gives
+each pod an IP from a loopback range, starts the first container's command with the pod's env, maps
+volumes to local directories, reports status (Running, Ready from the readiness probe, restarts, exit
+codes and termination messages), and stops the process when the pod is deleted.
+
+Path mapping: a process cannot see ``/models``, so every env value or argument that starts with a volume
+mount path is rewritten to the local directory backing that volume (PVCs use the test provisioner's
+directories, emptyDirs a per-pod temp dir), and ``0.0.0.0`` (listen on the pod's address) becomes the
+pod IP. The container's ``terminationMessagePath`` is mapped to a per-pod file the same way.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+import ipaddress
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from tests.support.provisioner import claim_directory
+
+log = logging.getLogger(__name__)
+
+NODE_NAME = "runner-0"
+RUNNER_LABEL = "kubediffusion.io/runner"
+TAINT = {"key": RUNNER_LABEL, "value": "true", "effect": "NoSchedule"}
+# What an ImageModel/pod needs in order to land on the runner's node.
+PLACEMENT = {
+    "nodeSelector": {RUNNER_LABEL: "true"},
+    "tolerations": [{"key": RUNNER_LABEL, "operator": "Equal", "value": "true", "effect": "NoSchedule"}],
+}
+RESTART_BACKOFF_SECONDS = 1.0
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class RunningPod:
+    namespace: str
+    name: str
+    uid: str
+    ip: str
+    spec: Any
+    workdir: Path
+    process: subprocess.Popen[bytes] | None = None
+    restart_count: int = 0
+    started_at: str = ""
+    ready: bool = False
+    finished: bool = False
+    last_exit: dict[str, Any] | None = None
+    next_start: float = 0.0
+    mounts: dict[str, Path] = field(default_factory=dict)
+    last_report: str = ""
+
+
+class PodRunner:
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        volume_root: Path,
+        workdir: Path,
+        pod_cidr: str = "127.20.0.0/16",
+        interval: float = 0.3,
+    ) -> None:
+        self.core = client.CoreV1Api(api_client)
+        self.coordination = client.CoordinationV1Api(api_client)
+        self.volume_root = volume_root
+        self.workdir = workdir
+        self.interval = interval
+        self._addresses = (str(ip) for ip in ipaddress.ip_network(pod_cidr).hosts())
+        self._pods: dict[str, RunningPod] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pod-runner", daemon=True)
+        self._http = httpx.Client(timeout=1.0)
+
+    # lifecycle -----------------------------------------------------------------------------------
+    def start(self) -> PodRunner:
+        self._register_node()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        for pod in list(self._pods.values()):
+            self._kill(pod)
+        self._http.close()
+        with contextlib.suppress(ApiException):
+            self.core.delete_node(NODE_NAME)
+
+    def processes(self, namespace: str) -> dict[str, subprocess.Popen[bytes]]:
+        """Live processes by pod name (tests use this to kill one, as a crash would)."""
+        return {
+            p.name: p.process
+            for p in list(self._pods.values())
+            if p.namespace == namespace and p.process is not None and p.process.poll() is None
+        }
+
+    # node ----------------------------------------------------------------------------------------
+    def _register_node(self) -> None:
+        body = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": NODE_NAME,
+                "labels": {RUNNER_LABEL: "true", "kubernetes.io/hostname": NODE_NAME, "kubernetes.io/os": "linux"},
+            },
+            "spec": {"taints": [TAINT]},
+        }
+        try:
+            self.core.create_node(body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        self._heartbeat(force_status=True)
+
+    def _heartbeat(self, force_status: bool = False) -> None:
+        now_micro = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        lease = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": NODE_NAME, "namespace": "kube-node-lease"},
+            "spec": {"holderIdentity": NODE_NAME, "leaseDurationSeconds": 40, "renewTime": now_micro},
+        }
+        try:
+            self.coordination.patch_namespaced_lease(NODE_NAME, "kube-node-lease", {"spec": lease["spec"]})
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            self.coordination.create_namespaced_lease("kube-node-lease", lease)
+        if not force_status:
+            return
+        capacity = {"cpu": "16", "memory": "64Gi", "pods": "110", "nvidia.com/gpu": "2", "ephemeral-storage": "100Gi"}
+        status = {
+            "status": {
+                "capacity": capacity,
+                "allocatable": capacity,
+                "addresses": [
+                    {"type": "InternalIP", "address": "127.0.0.1"},
+                    {"type": "Hostname", "address": NODE_NAME},
+                ],
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "True",
+                        "reason": "KubeletReady",
+                        "message": "pod runner is posting ready status",
+                        "lastHeartbeatTime": _now(),
+                        "lastTransitionTime": _now(),
+                    }
+                ],
+                "nodeInfo": {
+                    "kubeletVersion": "v1.36.0",
+                    "containerRuntimeVersion": "process://runner",
+                    "architecture": "amd64",
+                    "operatingSystem": "linux",
+                    "osImage": "",
+                    "kernelVersion": "",
+                    "kubeProxyVersion": "",
+                    "machineID": "",
+                    "systemUUID": "",
+                    "bootID": "",
+                },
+            }
+        }
+        self.core.patch_node_status(NODE_NAME, status)
+
+    # main loop -----------------------------------------------------------------------------------
+    def _run(self) -> None:
+        last_lease = 0.0
+        last_status = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                now = time.monotonic()
+                if now - last_lease > 5:
+                    self._heartbeat(force_status=now - last_status > 20)
+                    last_lease = now
+                    if now - last_status > 20:
+                        last_status = now
+                self._sync()
+            except Exception:
+                log.exception("pod runner pass failed")
+            self._stop.wait(self.interval)
+
+    def _sync(self) -> None:
+        pods = self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={NODE_NAME}").items
+        seen = set()
+        for pod in pods:
+            uid = pod.metadata.uid
+            seen.add(uid)
+            running = self._pods.get(uid)
+            if pod.metadata.deletion_timestamp is not None:
+                if running is not None:
+                    self._kill(running)
+                    self._pods.pop(uid, None)
+                with contextlib.suppress(ApiException):
+                    self.core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0)
+                continue
+            if running is None:
+                running = self._admit(pod)
+            self._advance(running)
+        for uid in set(self._pods) - seen:
+            self._kill(self._pods.pop(uid))
+
+    def _admit(self, pod: Any) -> RunningPod:
+        workdir = self.workdir / f"{pod.metadata.namespace}-{pod.metadata.name}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        running = RunningPod(
+            namespace=pod.metadata.namespace,
+            name=pod.metadata.name,
+            uid=pod.metadata.uid,
+            ip=next(self._addresses),
+            spec=pod.spec,
+            workdir=workdir,
+        )
+        for volume in pod.spec.volumes or []:
+            if volume.persistent_volume_claim is not None:
+                path = claim_directory(self.volume_root, running.namespace, volume.persistent_volume_claim.claim_name)
+            else:  # emptyDir and anything else: private to the pod
+                path = workdir / "volumes" / volume.name
+            path.mkdir(parents=True, exist_ok=True)
+            running.mounts[volume.name] = path
+        self._pods[running.uid] = running
+        return running
+
+    def _advance(self, pod: RunningPod) -> None:
+        process = pod.process
+        restart_policy = pod.spec.restart_policy or "Always"
+        if process is None and not pod.finished and time.monotonic() >= pod.next_start:
+            self._start_process(pod)
+        elif process is not None and process.poll() is not None:
+            code = process.returncode
+            pod.last_exit = {
+                "exitCode": code,
+                "reason": "Completed" if code == 0 else "Error",
+                "message": self._termination_message(pod),
+                "startedAt": pod.started_at,
+                "finishedAt": _now(),
+            }
+            pod.process = None
+            pod.ready = False
+            if restart_policy == "Never" or (restart_policy == "OnFailure" and code == 0):
+                pod.finished = True
+            else:
+                pod.restart_count += 1
+                pod.next_start = time.monotonic() + RESTART_BACKOFF_SECONDS
+        elif process is not None:
+            pod.ready = self._probe_ready(pod)
+        self._report(pod)
+
+    # processes -----------------------------------------------------------------------------------
+    def _container(self, pod: RunningPod) -> Any:
+        return pod.spec.containers[0]
+
+    def _rewrite(self, pod: RunningPod, value: str) -> str:
+        container = self._container(pod)
+        for mount in sorted(container.volume_mounts or [], key=lambda m: -len(m.mount_path)):
+            base = pod.mounts[mount.name] / (mount.sub_path or "")
+            if value == mount.mount_path or value.startswith(mount.mount_path.rstrip("/") + "/"):
+                return str(base) + value[len(mount.mount_path.rstrip("/")) :]
+        if value == container.termination_message_path or value == "/dev/termination-log":
+            return str(pod.workdir / "termination-log")
+        return value.replace("0.0.0.0", pod.ip)
+
+    def _environment(self, pod: RunningPod) -> dict[str, str]:
+        container = self._container(pod)
+        env = {
+            "PATH": os.environ["PATH"],
+            "HOME": str(pod.workdir),
+            "TMPDIR": str(pod.workdir),
+            "PYTHONUNBUFFERED": "1",
+        }
+        for var in container.env or []:
+            if var.value is not None:
+                env[var.name] = self._rewrite(pod, _expand(var.value, env))
+            elif var.value_from is not None and var.value_from.secret_key_ref is not None:
+                ref = var.value_from.secret_key_ref
+                secret = self.core.read_namespaced_secret(ref.name, pod.namespace)
+                env[var.name] = base64.b64decode(secret.data[ref.key]).decode()
+            elif var.value_from is not None and var.value_from.field_ref is not None:
+                path = var.value_from.field_ref.field_path
+                env[var.name] = {
+                    "status.podIP": pod.ip,
+                    "metadata.name": pod.name,
+                    "metadata.namespace": pod.namespace,
+                }.get(path, "")
+            else:
+                env[var.name] = ""
+        return env
+
+    def _start_process(self, pod: RunningPod) -> None:
+        container = self._container(pod)
+        env = self._environment(pod)
+        argv = [_expand(part, env) for part in [*(container.command or []), *(container.args or [])]]
+        argv = [self._rewrite(pod, part) for part in argv]
+        if argv and argv[0] == "kubediffusion":  # the image's entry point, from this checkout's venv
+            argv = [sys.executable, "-m", "kubediffusion.cli", *argv[1:]]
+        (pod.workdir / "termination-log").unlink(missing_ok=True)
+        log_file = open(pod.workdir / f"container-{pod.restart_count}.log", "wb")  # noqa: SIM115
+        pod.process = subprocess.Popen(
+            argv, env=env, cwd=pod.workdir, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log_file.close()
+        pod.started_at = _now()
+        log.info("started pod %s/%s at %s: %s", pod.namespace, pod.name, pod.ip, " ".join(argv))
+
+    def _kill(self, pod: RunningPod) -> None:
+        process = pod.process
+        if process is None or process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+        shutil.rmtree(pod.workdir / "volumes", ignore_errors=True)
+
+    def _termination_message(self, pod: RunningPod) -> str:
+        path = pod.workdir / "termination-log"
+        return path.read_text()[:4096] if path.exists() else ""
+
+    def _probe_ready(self, pod: RunningPod) -> bool:
+        container = self._container(pod)
+        probe = container.readiness_probe
+        if probe is None or probe.http_get is None:
+            return True
+        port = probe.http_get.port
+        if isinstance(port, str) and not port.isdigit():
+            port = next(p.container_port for p in container.ports or [] if p.name == port)
+        try:
+            response = self._http.get(f"http://{pod.ip}:{port}{probe.http_get.path or '/'}")
+        except httpx.HTTPError:
+            return False
+        return 200 <= response.status_code < 400
+
+    # status --------------------------------------------------------------------------------------
+    def _report(self, pod: RunningPod) -> None:
+        container = self._container(pod)
+        if pod.finished and pod.last_exit is not None:
+            phase = "Succeeded" if pod.last_exit["exitCode"] == 0 else "Failed"
+            state: dict[str, Any] = {"terminated": pod.last_exit}
+        elif pod.process is not None:
+            phase, state = "Running", {"running": {"startedAt": pod.started_at}}
+        else:
+            reason = "CrashLoopBackOff" if pod.restart_count else "ContainerCreating"
+            phase, state = "Running" if pod.restart_count else "Pending", {"waiting": {"reason": reason}}
+        status_word = "True" if pod.ready else "False"
+        container_status: dict[str, Any] = {
+            "name": container.name,
+            "image": container.image or "",
+            "imageID": "",
+            "ready": pod.ready,
+            "restartCount": pod.restart_count,
+            "started": pod.process is not None,
+            "state": state,
+            "containerID": f"process://{pod.process.pid}" if pod.process else "",
+        }
+        if pod.last_exit is not None and not pod.finished:
+            container_status["lastState"] = {"terminated": pod.last_exit}
+        status = {
+            "status": {
+                "phase": phase,
+                "hostIP": "127.0.0.1",
+                "podIP": pod.ip,
+                "podIPs": [{"ip": pod.ip}],
+                "startTime": pod.started_at or _now(),
+                "conditions": [
+                    {"type": "PodScheduled", "status": "True"},
+                    {"type": "Initialized", "status": "True"},
+                    {"type": "ContainersReady", "status": status_word},
+                    {"type": "Ready", "status": status_word},
+                ],
+                "containerStatuses": [container_status],
+            }
+        }
+        key = repr(status)
+        if pod.last_report == key:
+            return
+        try:
+            self.core.patch_namespaced_pod_status(pod.name, pod.namespace, status)
+            pod.last_report = key
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+
+_VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+def _expand(value: str, env: dict[str, str]) -> str:
+    """Kubernetes ``$(VAR)`` expansion in command, args and env values."""
+    return _VAR.sub(lambda m: env.get(m.group(1), m.group(0)), value)
