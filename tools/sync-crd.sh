@@ -11,8 +11,9 @@
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-SRC="$REPO_ROOT/crds/imagemodel.yaml"
-DST="$REPO_ROOT/charts/kubediffusion/templates/crd-imagemodel.yaml"
+# Overridable for tests only.
+SRC="${SYNC_CRD_SOURCE:-$REPO_ROOT/crds/imagemodel.yaml}"
+DST="${SYNC_CRD_TARGET:-$REPO_ROOT/charts/kubediffusion/templates/crd-imagemodel.yaml}"
 
 if [ ! -f "$SRC" ]; then
     echo "error: $SRC not found" >&2

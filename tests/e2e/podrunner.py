@@ -249,7 +249,7 @@ class PodRunner:
         if process is None and not pod.finished and time.monotonic() >= pod.next_start:
             self._start_process(pod)
         elif process is not None and process.poll() is not None:
-            code = process.returncode
+            code = process.returncode if process.returncode >= 0 else 128 - process.returncode  # as runtimes do
             pod.last_exit = {
                 "exitCode": code,
                 "reason": "Completed" if code == 0 else "Error",

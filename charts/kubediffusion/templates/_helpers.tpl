@@ -1,0 +1,124 @@
+{{/* Shared helpers. Component helpers live in _operator.tpl and _router.tpl. */}}
+
+{{/* Chart name, overridable with nameOverride. */}}
+{{- define "kubediffusion.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Resource name prefix: the release name, plus the chart name unless the release name already holds it.
+Truncated so that "<fullname>-operator" and the like stay within 63 characters.
+*/}}
+{{- define "kubediffusion.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* chart-name-version, for the helm.sh/chart label. */}}
+{{- define "kubediffusion.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Labels on every resource, except the ones the component selector labels add (name, instance,
+component). Versions live here, never in selectors.
+*/}}
+{{- define "kubediffusion.commonLabels" -}}
+helm.sh/chart: {{ include "kubediffusion.chart" . }}
+app.kubernetes.io/part-of: kubediffusion
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- if .Chart.AppVersion }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Labels of resources that belong to no single component (NetworkPolicies). */}}
+{{- define "kubediffusion.labels" -}}
+{{ include "kubediffusion.commonLabels" . }}
+app.kubernetes.io/name: {{ include "kubediffusion.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* The namespace whose ImageModels are served ("" when all namespaces are). */}}
+{{- define "kubediffusion.watchNamespace" -}}
+{{- if not .Values.watch.allNamespaces }}
+{{- default .Release.Namespace .Values.watch.namespace }}
+{{- end }}
+{{- end }}
+
+{{/* Namespaces that get the model NetworkPolicies: the watched one (or the release's) plus extras. */}}
+{{- define "kubediffusion.modelNamespaces" -}}
+{{- $first := default .Release.Namespace (include "kubediffusion.watchNamespace" .) }}
+{{- $all := prepend .Values.networkPolicy.extraNamespaces $first | uniq }}
+{{- toJson $all }}
+{{- end }}
+
+{{/*
+An image reference from {repository, tag, digest}: the digest wins, then the tag, then appVersion.
+Usage: include "kubediffusion.image" (dict "image" .Values.operator.image "context" $)
+*/}}
+{{- define "kubediffusion.image" -}}
+{{- $image := .image }}
+{{- if $image.digest }}
+{{- printf "%s@%s" $image.repository $image.digest }}
+{{- else }}
+{{- printf "%s:%s" $image.repository (default .context.Chart.AppVersion $image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* Labels that identify the model pods the operator creates (docs/contracts.md). */}}
+{{- define "kubediffusion.inference.selectorLabels" -}}
+app.kubernetes.io/name: kubediffusion-inference
+{{- end }}
+
+{{/*
+A Role + RoleBinding in the watched namespace, or a ClusterRole + ClusterRoleBinding when every
+namespace is watched. Usage:
+  include "kubediffusion.rbac" (dict "name" <role name> "serviceAccount" <sa name> "labels" <labels yaml>
+                                     "rules" <rules yaml> "context" $)
+*/}}
+{{- define "kubediffusion.rbac" -}}
+{{- $ctx := .context }}
+{{- $cluster := $ctx.Values.watch.allNamespaces }}
+{{- $ns := include "kubediffusion.watchNamespace" $ctx }}
+apiVersion: rbac.authorization.k8s.io/v1
+kind: {{ if $cluster }}ClusterRole{{ else }}Role{{ end }}
+metadata:
+  name: {{ .name }}
+  {{- if not $cluster }}
+  namespace: {{ $ns }}
+  {{- end }}
+  labels:
+    {{- .labels | nindent 4 }}
+rules:
+  {{- .rules | nindent 2 }}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: {{ if $cluster }}ClusterRoleBinding{{ else }}RoleBinding{{ end }}
+metadata:
+  name: {{ .name }}
+  {{- if not $cluster }}
+  namespace: {{ $ns }}
+  {{- end }}
+  labels:
+    {{- .labels | nindent 4 }}
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: {{ if $cluster }}ClusterRole{{ else }}Role{{ end }}
+  name: {{ .name }}
+subjects:
+  - kind: ServiceAccount
+    name: {{ .serviceAccount }}
+    namespace: {{ $ctx.Release.Namespace }}
+{{- end }}

@@ -1,0 +1,71 @@
+{{/* Operator helpers. */}}
+
+{{- define "kubediffusion.operator.fullname" -}}
+{{- printf "%s-operator" (include "kubediffusion.fullname" .) }}
+{{- end }}
+
+{{/* Selector labels: stable across upgrades, so no versions here. */}}
+{{- define "kubediffusion.operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kubediffusion.name" . }}-operator
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "kubediffusion.operator.labels" -}}
+{{ include "kubediffusion.commonLabels" . }}
+{{ include "kubediffusion.operator.selectorLabels" . }}
+{{- end }}
+
+{{- define "kubediffusion.operator.serviceAccountName" -}}
+{{- if .Values.operator.serviceAccount.create }}
+{{- default (include "kubediffusion.operator.fullname" .) .Values.operator.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.operator.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+RBAC rules of the operator: exactly the calls kubediffusion/operator makes (kube.py, reconcile.py,
+handlers.py) and kopf makes for it. kopf's resource scanning is disabled by the operator, so it needs
+no access to namespaces or CRDs. Keep in step with tests/cluster/test_chart_rbac.py.
+*/}}
+{{- define "kubediffusion.operator.rules" -}}
+# The ImageModels it reconciles: kopf lists and watches them and patches its progress annotations;
+# reconcile reads each one.
+- apiGroups: [kubediffusion.io]
+  resources: [imagemodels]
+  verbs: [get, list, watch, patch]
+# Phase, conditions, endpoint (merge patch of the status subresource).
+- apiGroups: [kubediffusion.io]
+  resources: [imagemodels/status]
+  verbs: [patch]
+# Children carry owner references with blockOwnerDeletion, which needs this where the
+# OwnerReferencesPermissionEnforcement admission plugin is enabled.
+- apiGroups: [kubediffusion.io]
+  resources: [imagemodels/finalizers]
+  verbs: [update]
+# Children: server-side apply is a PATCH that creates a missing object (so also create), read back on
+# conflicts. A stale cache Job is deleted and re-created.
+- apiGroups: [""]
+  resources: [persistentvolumeclaims, services]
+  verbs: [get, create, patch]
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, create, patch]
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, create, patch, delete]
+# Model and cache pods, listed by label to tell ImagePullBackOff, Unschedulable and exit codes apart.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
+# Only whether spec.source.huggingface.tokenSecretRef names an existing Secret key (values are not
+# kept). `get` by name only: no list, no watch.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
+# Events on each phase change (kopf.event posts core/v1 Events).
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- end }}

@@ -1,0 +1,68 @@
+{{/* Router helpers. */}}
+
+{{- define "kubediffusion.router.fullname" -}}
+{{- printf "%s-router" (include "kubediffusion.fullname" .) }}
+{{- end }}
+
+{{/* Selector labels: stable across upgrades, so no versions here. */}}
+{{- define "kubediffusion.router.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kubediffusion.name" . }}-router
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: router
+{{- end }}
+
+{{- define "kubediffusion.router.labels" -}}
+{{ include "kubediffusion.commonLabels" . }}
+{{ include "kubediffusion.router.selectorLabels" . }}
+{{- end }}
+
+{{- define "kubediffusion.router.serviceAccountName" -}}
+{{- if .Values.router.serviceAccount.create }}
+{{- default (include "kubediffusion.router.fullname" .) .Values.router.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.router.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Secret holding the API keys: the user's existing one or the chart's. */}}
+{{- define "kubediffusion.router.apiKeysSecretName" -}}
+{{- default (printf "%s-api-keys" (include "kubediffusion.router.fullname" .)) .Values.router.auth.existingSecret }}
+{{- end }}
+
+{{- define "kubediffusion.router.apiKeysSecretKey" -}}
+{{- if .Values.router.auth.existingSecret }}
+{{- .Values.router.auth.existingSecretKey }}
+{{- else -}}
+api-keys
+{{- end }}
+{{- end }}
+
+{{/* Secret holding the URL signing key: the user's existing one or the chart's. */}}
+{{- define "kubediffusion.router.signingKeySecretName" -}}
+{{- default (printf "%s-signing-key" (include "kubediffusion.router.fullname" .)) .Values.router.urls.signingKeySecret }}
+{{- end }}
+
+{{- define "kubediffusion.router.signingKeySecretKey" -}}
+{{- if .Values.router.urls.signingKeySecret }}
+{{- .Values.router.urls.signingKeySecretKey }}
+{{- else -}}
+signing-key
+{{- end }}
+{{- end }}
+
+{{- define "kubediffusion.router.storageClaimName" -}}
+{{- default (printf "%s-storage" (include "kubediffusion.router.fullname" .)) .Values.router.storage.persistence.existingClaim }}
+{{- end }}
+
+{{/* RBAC rules of the router; keep in step with kubediffusion/router and tests/cluster/test_chart_rbac.py. */}}
+{{- define "kubediffusion.router.rules" -}}
+# Discovery (kube_discovery.py lists, then watches): model names, aliases, defaults and readiness
+# come from ImageModels ...
+- apiGroups: [kubediffusion.io]
+  resources: [imagemodels]
+  verbs: [list, watch]
+# ... and the addresses and readiness of their inference pods (selected by label).
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, watch]
+{{- end }}

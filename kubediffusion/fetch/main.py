@@ -1,0 +1,133 @@
+"""``kubediffusion fetch-model``: fill a model cache directory once (the ImageModel's cache Job).
+
+    kubediffusion fetch-model --dest /models/model --huggingface REPO [--revision REV]
+    kubediffusion fetch-model --dest /models/model --url https://host/model.tar.gz | s3://bucket/prefix
+    kubediffusion fetch-model --dest /models/model --tiny [sd|sdxl]
+
+Weights are written into a staging directory next to ``--dest`` and renamed into place only when
+complete, with the marker ``.kubediffusion-complete.json`` (source, revision, bytes, completedAt).
+A rerun that finds the marker for the same source does nothing and exits 0. A short JSON summary
+(or ``{"error": ...}``) goes to ``--termination-log``. Exit codes: 0 done, 1 failed (worth a retry),
+2 failed permanently (404, not an archive, unsafe archive). so the operator reads it from the pod's status.
+Hugging Face tokens come from ``$HF_TOKEN`` (a secretKeyRef in the Job).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kubediffusion.fetch import sources
+
+MARKER = ".kubediffusion-complete.json"
+EXIT_FAILED = 1  # may succeed on retry (network, 5xx)
+EXIT_PERMANENT = 2  # will not (404, bad or unsafe archive): the Job fails without retrying
+log = logging.getLogger("kubediffusion.fetch")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kubediffusion fetch-model", description=__doc__.splitlines()[0])
+    parser.add_argument("--dest", required=True, type=Path, help="directory to fill (e.g. /models/model)")
+    chosen = parser.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("--huggingface", metavar="REPO", help="Hugging Face repo id")
+    chosen.add_argument("--url", help="http(s) archive URL (.tar.gz/.tgz/.tar/.zip) or s3://bucket/prefix")
+    chosen.add_argument("--tiny", nargs="?", const="sd", metavar="KIND", help="the random-weight smoke-test model")
+    parser.add_argument("--revision", default="main", help="Hugging Face revision (default main)")
+    parser.add_argument("--termination-log", type=Path, help="write a JSON summary here (/dev/termination-log)")
+    return parser
+
+
+def source_id(args: argparse.Namespace) -> str:
+    if args.huggingface:
+        return f"hf:{args.huggingface}@{args.revision}"
+    if args.url:
+        return f"url:{args.url}"
+    return f"tiny:{args.tiny}"
+
+
+def _fetcher(args: argparse.Namespace) -> Callable[[Path], str]:
+    if args.huggingface:
+        return lambda staging: sources.fetch_huggingface(args.huggingface, args.revision, staging)
+    if args.url:
+        url: str = args.url
+        if url.startswith("s3://"):
+            return lambda staging: sources.fetch_s3(url, staging)
+        if url.startswith(("http://", "https://")):
+            return lambda staging: sources.fetch_http(url, staging)
+        raise sources.FetchError(f"unsupported URL scheme: {url!r} (http, https or s3)", permanent=True)
+    kind: str = args.tiny
+    return lambda staging: sources.fetch_tiny(kind, staging)
+
+
+def read_marker(dest: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads((dest / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def fetch(dest: Path, source: str, fetcher: Callable[[Path], str]) -> dict[str, Any]:
+    """Fill ``dest`` from ``source`` unless its marker says it already holds it; returns the marker."""
+    marker = read_marker(dest)
+    if marker is not None and marker.get("source") == source:
+        log.info("%s already holds %s (revision %s): nothing to do", dest, source, marker.get("revision"))
+        return {**marker, "cached": True}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = dest.parent / f".{dest.name}.staging-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        revision = fetcher(staging)
+        marker = {
+            "source": source,
+            "revision": revision,
+            "bytes": sources.tree_bytes(staging),
+            "completedAt": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        (staging / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+        _swap_into_place(staging, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("fetched %s into %s: %d bytes, revision %s", source, dest, marker["bytes"], revision)
+    return {**marker, "cached": False}
+
+
+def _swap_into_place(staging: Path, dest: Path) -> None:
+    """Replace ``dest`` with ``staging``; readers never see a half-written directory under ``dest``."""
+    old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
+    if dest.exists():
+        dest.rename(old)
+    staging.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_summary(path: Path | None, summary: dict[str, Any]) -> None:
+    if path is None:
+        return
+    try:  # the kubelet keeps at most 4 KiB of it
+        path.write_text(json.dumps(summary, separators=(",", ":"))[:4000], encoding="utf-8")
+    except OSError as exc:
+        log.warning("could not write the termination message to %s: %s", path, exc)
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    source = source_id(args)
+    try:
+        summary = fetch(args.dest, source, _fetcher(args))
+    except Exception as exc:
+        message = str(exc) if isinstance(exc, sources.FetchError) else f"{type(exc).__name__}: {exc}"
+        log.error("fetch-model failed: %s", message)
+        _write_summary(args.termination_log, {"error": message, "source": source})
+        permanent = isinstance(exc, sources.FetchError) and exc.permanent
+        return EXIT_PERMANENT if permanent else EXIT_FAILED
+    _write_summary(args.termination_log, summary)
+    return 0

@@ -1,0 +1,114 @@
+"""kopf registration only: every handler is parse → build → apply → status via :func:`reconcile`.
+
+One reconcile serves create, update and resume (react to changes at once) and a timer (level-triggered
+resync that also corrects drift). Waiting is an exception: while a model converges the *timer* raises
+``kopf.TemporaryError(delay=poll_seconds)``, so a new model has one polling loop; create/resume handlers
+apply once and leave the waiting to it, an update handler follows its own rollout (the timer of a settled
+model sleeps until the next resync). A refused spec is ``kopf.PermanentError`` (no retry storm); the
+timer still looks at it every resync, so creating a missing Secret heals it.
+
+Handlers are sync (kopf runs them in a thread pool) with the sync kubernetes client; a per-model lock
+keeps the timer and a change handler from reconciling the same model at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from kubediffusion.operator.kube import Kube, new_api_client
+from kubediffusion.operator.reconcile import Outcome, Refused, reconcile
+from kubediffusion.operator.settings import OperatorSettings
+from kubediffusion.operator.spec import GROUP, PLURAL, VERSION
+from kubediffusion.operator.status import Event
+
+ANNOTATION_PREFIX = "kubediffusion.io"
+FINALIZER = "kubediffusion.io/operator"
+
+
+class _Locks:
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+
+    def get(self, key: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+
+def _post(body: Mapping[str, Any], event: Event) -> None:
+    kopf.event(dict(body), type=event.type, reason=event.reason, message=event.message)  # type: ignore[arg-type]
+
+
+def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
+    """Register the operator's handlers into ``registry`` (a fresh one per operator instance)."""
+    locks = _Locks()
+    state: dict[str, Kube] = {}
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # A custom registry gets no default login handler: in-cluster, else $KUBECONFIG.
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        # Progress and diff-base in annotations: the status schema stays strict (no status.kopf).
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=ANNOTATION_PREFIX)
+        # kopf puts a finalizer on models with timers (to stop the timer before the object goes); name it
+        # ours. Deleting an ImageModel while no operator runs waits for it (or remove the finalizer).
+        settings.persistence.finalizer = FINALIZER
+        # Events: only ours (kopf.event on transitions), not one per log line ("failed temporarily" polls).
+        settings.posting.level = logging.CRITICAL
+        settings.execution.max_workers = 16
+        # No watching of CRDs/namespaces (no RBAC for them): the CRD must exist before the operator starts.
+        settings.scanning.disabled = True
+        settings.watching.server_timeout = 300
+        state["kube"] = Kube(new_api_client())
+
+    def run(namespace: str, name: str, *, block: bool) -> Outcome | None:
+        lock = locks.get(f"{namespace}/{name}")
+        if not lock.acquire(blocking=block):
+            raise kopf.TemporaryError("another reconcile of this model is running", delay=config.poll_seconds)
+        try:
+            return reconcile(state["kube"], config, namespace=namespace, name=name, post_event=_post)
+        except Refused as exc:
+            raise kopf.PermanentError(str(exc)) from None
+        finally:
+            lock.release()
+
+    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry)
+    def on_change(
+        *,
+        namespace: str | None,
+        name: str,
+        reason: str,
+        logger: logging.Logger | logging.LoggerAdapter[Any],
+        **_: Any,
+    ) -> None:
+        outcome = run(namespace or "", name, block=True)
+        if outcome is None:
+            return
+        logger.info("reconciled: %s %s", outcome.phase, outcome.message)
+        # On create/resume the timer starts at once and polls; after an update of a settled model it
+        # sleeps until the next resync, so this handler follows the rollout itself.
+        if reason == "update" and outcome.converging:
+            raise kopf.TemporaryError(f"{outcome.phase}: {outcome.message}", delay=config.poll_seconds)
+
+    @kopf.timer(GROUP, VERSION, PLURAL, interval=config.resync_seconds, registry=registry)
+    def resync(*, namespace: str | None, name: str, **_: Any) -> None:
+        outcome = run(namespace or "", name, block=False)
+        if outcome is not None and outcome.converging:
+            raise kopf.TemporaryError(f"{outcome.phase}: {outcome.message}", delay=config.poll_seconds)
+
+
+def make_registry(config: OperatorSettings) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    register(registry, config)
+    return registry

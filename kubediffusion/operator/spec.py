@@ -1,0 +1,261 @@
+"""The typed ImageModel spec: parsed once per reconcile, read by builders, status and the router.
+
+This module imports neither kopf nor kubernetes, so any component can read an ImageModel with it:
+``ImageModelSpec.from_body(body)``. Field names are snake_case in Python and camelCase on the wire.
+
+The CRD's OpenAPI schema + CEL rules (crds/imagemodel.yaml) reject most bad manifests at the API
+server; what they cannot see (cross-field checks that need parsing, e.g. a default size outside the
+limits) raises :class:`InvalidSpecError` here, which the operator reports as ``Failed/InvalidSpec``.
+Defaults live here, not in the CRD schema, because some depend on other fields (the tiny model).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+from kubediffusion.api.limits import GenerationDefaults, GenerationLimits, StylePreset, parse_size
+
+GROUP = "kubediffusion.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "ImageModel"
+PLURAL = "imagemodels"
+
+DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
+
+# The tiny random-weight pipeline makes 64x64 noise in two steps; real-model defaults would be absurd.
+TINY_DEFAULTS = GenerationDefaults(steps=2, guidance=0.0, size="64x64")
+TINY_LIMITS = GenerationLimits(min_size=32, max_size=256, max_n=4, max_steps=8)
+
+_M = TypeVar("_M", bound=BaseModel)
+Dtype = Literal["float16", "bfloat16", "float32"]
+AccessMode = Literal["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany", "ReadWriteOncePod"]
+
+
+class InvalidSpecError(ValueError):
+    """A spec the CRD schema let through but that cannot be served; ``field`` names the culprit."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"spec.{field}: {message}" if field else message)
+        self.field = field
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class SecretKeyRef(_Spec):
+    name: str = Field(min_length=1, max_length=253)
+    key: str = Field(default="token", min_length=1, max_length=253)
+
+
+class HuggingFaceSource(_Spec):
+    repo: str = Field(min_length=1, max_length=200)
+    revision: str = Field(default="main", min_length=1, max_length=255)
+    token_secret_ref: SecretKeyRef | None = None
+
+
+class PvcSource(_Spec):
+    claim_name: str = Field(min_length=1, max_length=253)
+    path: str = Field(default="", max_length=1024)
+
+
+class TinySource(_Spec):
+    kind: str = Field(default="sd", min_length=1, max_length=32)
+
+
+class Source(_Spec):
+    huggingface: HuggingFaceSource | None = None
+    url: str | None = None
+    pvc: PvcSource | None = None
+    tiny: TinySource | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Source:
+        chosen = [n for n in ("huggingface", "url", "pvc", "tiny") if getattr(self, n) is not None]
+        if len(chosen) != 1:
+            raise ValueError(
+                f"exactly one of huggingface, url, pvc, tiny must be set (got {', '.join(chosen) or 'none'})"
+            )
+        return self
+
+    @property
+    def kind(self) -> Literal["huggingface", "url", "pvc", "tiny"]:
+        if self.huggingface is not None:
+            return "huggingface"
+        if self.url is not None:
+            return "url"
+        if self.pvc is not None:
+            return "pvc"
+        return "tiny"
+
+    @property
+    def needs_fetch(self) -> bool:
+        """Whether a cache Job fills a cache volume (every source except an already-populated PVC)."""
+        return self.pvc is None
+
+    def describe(self) -> str:
+        """Short human form, shown in the ``Source`` printer column."""
+        if self.huggingface is not None:
+            return f"hf:{self.huggingface.repo}@{self.huggingface.revision}"
+        if self.url is not None:
+            return self.url if len(self.url) <= 60 else self.url[:57] + "..."
+        if self.pvc is not None:
+            return f"pvc:{self.pvc.claim_name}/{self.pvc.path}".rstrip("/")
+        assert self.tiny is not None
+        return f"tiny:{self.tiny.kind} (smoke test)"
+
+    def cache_key(self) -> str:
+        """Changes exactly when the cached bytes must change: a new source means a new download."""
+        canonical = json.dumps(self.model_dump(mode="json", exclude_none=True), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+class Resources(_Spec):
+    gpus: int | None = Field(default=None, ge=0, le=64)
+    gpu_resource_name: str | None = None
+    profile: str = ""
+    cpu: str | None = None
+    memory: str | None = None
+    node_selector: dict[str, str] | None = None
+    tolerations: list[dict[str, Any]] | None = None
+    affinity: dict[str, Any] | None = None
+    priority_class_name: str | None = None
+    runtime_class_name: str | None = None
+
+
+class HardwareProfile(_Spec):
+    """A named set of resources from the operator's settings (``KD_OPERATOR_PROFILES``)."""
+
+    gpus: int = Field(default=1, ge=0, le=64)
+    gpu_resource_name: str = DEFAULT_GPU_RESOURCE
+    cpu: str | None = None
+    memory: str | None = None
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    affinity: dict[str, Any] | None = None
+    priority_class_name: str | None = None
+    runtime_class_name: str | None = None
+
+
+# What a model runs with when it names no profile: one GPU of the default resource name.
+DEFAULT_PROFILE = HardwareProfile()
+
+
+def resolve_resources(resources: Resources, profiles: Mapping[str, HardwareProfile]) -> HardwareProfile:
+    """Profile (or the default) overlaid with the fields the spec sets explicitly."""
+    if resources.profile:
+        if resources.profile not in profiles:
+            known = ", ".join(sorted(profiles)) or "none configured"
+            raise InvalidSpecError(
+                "resources.profile", f"unknown hardware profile {resources.profile!r} (known: {known})"
+            )
+        base = profiles[resources.profile]
+    else:
+        base = DEFAULT_PROFILE
+    overrides = {
+        name: getattr(resources, name)
+        for name in resources.model_fields_set
+        if name != "profile" and getattr(resources, name) is not None
+    }
+    return base.model_copy(update=overrides)
+
+
+class Cache(_Spec):
+    size: str = "20Gi"
+    storage_class_name: str | None = None
+    access_mode: AccessMode = "ReadWriteOnce"
+    existing_claim: str | None = None
+    retain_on_delete: bool = True
+
+
+class Serving(_Spec):
+    max_batch_size: int = Field(default=4, ge=1, le=64)
+    batch_window_ms: int = Field(default=20, ge=0, le=10000)
+    max_queue: int = Field(default=16, ge=1, le=10000)
+    compile: bool = False
+    warmup: bool = True
+
+
+def _overlay(base: _M, explicit: _M | None) -> _M:
+    """``base`` with the fields ``explicit`` sets; re-validated, so min/max checks see the result."""
+    if explicit is None:
+        return base
+    merged = {**base.model_dump(), **{k: getattr(explicit, k) for k in explicit.model_fields_set}}
+    return type(base).model_validate(merged)
+
+
+class ImageModelSpec(_Spec):
+    source: Source
+    pipeline: str = "auto"
+    dtype: Dtype | None = None
+    aliases: list[str] = Field(default_factory=list)
+    default: bool = False
+    defaults: GenerationDefaults | None = None
+    limits: GenerationLimits | None = None
+    presets: dict[str, StylePreset] = Field(default_factory=dict)
+    replicas: int = Field(default=1, ge=0, le=100)
+    resources: Resources = Field(default_factory=Resources)
+    cache: Cache = Field(default_factory=Cache)
+    serving: Serving = Field(default_factory=Serving)
+    image: str = ""
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> ImageModelSpec:
+        """Parse ``body['spec']``; InvalidSpecError (with the field path) on anything unservable."""
+        raw = body.get("spec")
+        if not isinstance(raw, Mapping):
+            raise InvalidSpecError("", "spec is missing")
+        try:
+            spec = cls.model_validate(dict(raw))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err["loc"])
+            raise InvalidSpecError(field, err["msg"]) from None
+        try:
+            spec._check_defaults_within_limits()
+        except ValidationError as exc:  # an overlay of partial limits that contradicts itself
+            raise InvalidSpecError("limits", exc.errors()[0]["msg"]) from None
+        return spec
+
+    def _check_defaults_within_limits(self) -> None:
+        width, height = parse_size(self.effective_defaults.size)
+        limits = self.effective_limits
+        for side in (width, height):
+            if not limits.min_size <= side <= limits.max_size:
+                raise InvalidSpecError(
+                    "defaults.size",
+                    f"{self.effective_defaults.size} is outside limits "
+                    f"minSize={limits.min_size}..maxSize={limits.max_size}",
+                )
+        if self.effective_defaults.steps > limits.max_steps:
+            raise InvalidSpecError(
+                "defaults.steps", f"{self.effective_defaults.steps} exceeds limits.maxSteps={limits.max_steps}"
+            )
+
+    @property
+    def is_smoke_test(self) -> bool:
+        return self.source.tiny is not None
+
+    @property
+    def effective_defaults(self) -> GenerationDefaults:
+        """The spec's ``defaults`` over the source's base (tiny or real-model defaults)."""
+        base = TINY_DEFAULTS if self.is_smoke_test else GenerationDefaults()
+        return _overlay(base, self.defaults)
+
+    @property
+    def effective_limits(self) -> GenerationLimits:
+        base = TINY_LIMITS if self.is_smoke_test else GenerationLimits()
+        return _overlay(base, self.limits)
+
+    def effective_dtype(self, gpus: int) -> Dtype:
+        """float16 on GPUs; float32 on CPU and for the tiny model unless the spec says otherwise."""
+        if self.dtype is not None:
+            return self.dtype
+        return "float32" if gpus == 0 or self.is_smoke_test else "float16"

@@ -1,0 +1,139 @@
+"""The API server itself rejects invalid ImageModels (OpenAPI schema + CEL) with a message naming the field."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from tests.cluster import operator_fixture
+from tests.cluster.operator_fixture import raw
+
+pytestmark = pytest.mark.cluster
+imagemodel_crd = operator_fixture.imagemodel_crd
+
+EXAMPLES = sorted(
+    p for p in (Path(__file__).resolve().parents[2] / "examples").glob("*.yaml") if "kind: ImageModel" in p.read_text()
+)
+VALID: dict[str, Any] = {
+    "apiVersion": "kubediffusion.io/v1alpha1",
+    "kind": "ImageModel",
+    "metadata": {"name": "m"},
+    "spec": {"source": {"huggingface": {"repo": "stabilityai/sdxl-turbo"}}},
+}
+
+
+def with_spec(**changes: Any) -> dict[str, Any]:
+    doc = copy.deepcopy(VALID)
+    doc["spec"].update(changes)
+    return doc
+
+
+def create(api: client.ApiClient, namespace: str, doc: dict[str, Any]) -> tuple[int, Any]:
+    return raw(api, "POST", f"/apis/kubediffusion.io/v1alpha1/namespaces/{namespace}/imagemodels", doc, dryRun="All")
+
+
+def named(name: str) -> dict[str, Any]:
+    doc = copy.deepcopy(VALID)
+    doc["metadata"]["name"] = name
+    return doc
+
+
+INVALID: list[tuple[str, dict[str, Any], str]] = [
+    ("no spec", {**VALID, "spec": None}, "spec"),
+    ("no source", with_spec(source=None), "spec.source"),
+    ("empty source", with_spec(source={}), "spec.source"),
+    ("two sources", with_spec(source={"tiny": {}, "url": "https://h/m.tar.gz"}), "spec.source"),
+    ("bad repo", with_spec(source={"huggingface": {"repo": "not a repo!"}}), "spec.source.huggingface.repo"),
+    ("repo missing", with_spec(source={"huggingface": {"revision": "main"}}), "spec.source.huggingface.repo"),
+    ("url not an archive", with_spec(source={"url": "https://h/model.bin"}), "spec.source.url"),
+    ("url bad scheme", with_spec(source={"url": "ftp://h/model.tar.gz"}), "spec.source.url"),
+    ("pvc without claim", with_spec(source={"pvc": {"path": "x"}}), "spec.source.pvc.claimName"),
+    ("pvc path escapes", with_spec(source={"pvc": {"claimName": "c", "path": "../other"}}), "spec.source.pvc.path"),
+    ("pvc absolute path", with_spec(source={"pvc": {"claimName": "c", "path": "/etc"}}), "spec.source.pvc.path"),
+    ("tiny unknown kind", with_spec(source={"tiny": {"kind": "huge"}}), "spec.source.tiny.kind"),
+    ("negative replicas", with_spec(replicas=-1), "spec.replicas"),
+    ("too many replicas", with_spec(replicas=1000), "spec.replicas"),
+    ("bad dtype", with_spec(dtype="int8"), "spec.dtype"),
+    ("bad size", with_spec(defaults={"size": "1024"}), "spec.defaults.size"),
+    ("size with letters", with_spec(defaults={"size": "axb"}), "spec.defaults.size"),
+    ("steps zero", with_spec(defaults={"steps": 0}), "spec.defaults.steps"),
+    ("min above max", with_spec(limits={"minSize": 1024, "maxSize": 512}), "spec.limits.minSize"),
+    ("maxN too big", with_spec(limits={"maxN": 11}), "spec.limits.maxN"),
+    ("default steps above max", with_spec(defaults={"steps": 60}, limits={"maxSteps": 50}), "spec.defaults.steps"),
+    ("negative gpus", with_spec(resources={"gpus": -1}), "spec.resources.gpus"),
+    ("bad gpu resource name", with_spec(resources={"gpuResourceName": "nvidia gpu"}), "spec.resources.gpuResourceName"),
+    (
+        "bad toleration operator",
+        with_spec(resources={"tolerations": [{"operator": "Maybe"}]}),
+        "spec.resources.tolerations[0].operator",
+    ),
+    ("bad cache size", with_spec(cache={"size": "lots"}), "spec.cache.size"),
+    ("bad access mode", with_spec(cache={"accessMode": "ReadWriteSometimes"}), "spec.cache.accessMode"),
+    (
+        "existing claim with pvc source",
+        with_spec(source={"pvc": {"claimName": "c"}}, cache={"existingClaim": "d"}),
+        "spec.cache.existingClaim",
+    ),
+    ("queue below batch", with_spec(serving={"maxBatchSize": 8, "maxQueue": 4}), "spec.serving.maxQueue"),
+    ("batch too big", with_spec(serving={"maxBatchSize": 1000}), "spec.serving.maxBatchSize"),
+    ("preset without {prompt}", with_spec(presets={"anime": {"prompt": "anime"}}), "spec.presets[anime].prompt"),
+    ("preset bad name", with_spec(presets={"Bad Name": {"prompt": "{prompt}"}}), "spec.presets"),
+    ("bad pipeline", with_spec(pipeline="rm -rf"), "spec.pipeline"),
+    ("duplicate aliases", with_spec(aliases=["a", "a"]), "spec.aliases[1]"),
+    ("name too long", named("m" * 60), "metadata.name"),
+    ("wrong type", with_spec(replicas="two"), "spec.replicas"),
+]
+
+
+@pytest.mark.parametrize(("case", "doc", "field"), INVALID, ids=[c[0] for c in INVALID])
+def test_invalid_imagemodel_is_rejected_naming_the_field(
+    api_client: client.ApiClient, namespace: str, imagemodel_crd: str, case: str, doc: dict[str, Any], field: str
+) -> None:
+    status, answer = create(api_client, namespace, doc)
+    assert status == 422, f"{case}: expected 422, got {status} {answer}"
+    message = answer["message"]
+    assert field in message, f"{case}: {field!r} not in {message!r}"
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_examples_are_accepted(api_client: client.ApiClient, namespace: str, imagemodel_crd: str, path: Path) -> None:
+    status, answer = create(api_client, namespace, yaml.safe_load(path.read_text()))
+    assert status == 201, answer
+
+
+def test_minimal_and_full_specs_are_accepted(api_client: client.ApiClient, namespace: str, imagemodel_crd: str) -> None:
+    full = with_spec(
+        source={"huggingface": {"repo": "a/b", "revision": "v1.0", "tokenSecretRef": {"name": "hf", "key": "token"}}},
+        pipeline="StableDiffusionXLPipeline",
+        dtype="bfloat16",
+        aliases=["dall-e-2", "sdxl:turbo"],
+        default=True,
+        defaults={"steps": 4, "guidance": 0.0, "size": "512x768", "negativePrompt": ""},
+        limits={"minSize": 256, "maxSize": 1024, "maxN": 4, "maxSteps": 50, "maxPromptChars": 2000},
+        presets={"anime": {"prompt": "{prompt}, anime", "negativePrompt": "photo"}},
+        replicas=0,
+        resources={
+            "gpus": 2,
+            "gpuResourceName": "nvidia.com/gpu",
+            "profile": "nvidia-l4",
+            "cpu": "4",
+            "memory": "32Gi",
+            "nodeSelector": {"a": "b"},
+            "tolerations": [{"key": "k", "operator": "Exists", "effect": "NoSchedule"}],
+            "affinity": {"nodeAffinity": {}},
+            "priorityClassName": "p",
+            "runtimeClassName": "nvidia",
+        },
+        cache={"size": "20Gi", "storageClassName": "fast", "accessMode": "ReadWriteOnce", "retainOnDelete": False},
+        serving={"maxBatchSize": 4, "batchWindowMs": 20, "maxQueue": 16, "compile": False, "warmup": True},
+        image="registry.example/inference:1",
+    )
+    assert create(api_client, namespace, VALID)[0] == 201
+    status, answer = create(api_client, namespace, full)
+    assert status == 201, answer
+    assert answer["spec"]["resources"]["affinity"] == {"nodeAffinity": {}}, "affinity is preserved, not pruned"

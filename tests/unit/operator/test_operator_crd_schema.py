@@ -1,0 +1,80 @@
+"""The CRD file without a cluster: structure, printer columns, and no drift from the typed spec."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from kubediffusion.operator.spec import API_VERSION, KIND, PLURAL, ImageModelSpec
+
+ROOT = Path(__file__).resolve().parents[3]
+CRD = yaml.safe_load((ROOT / "crds" / "imagemodel.yaml").read_text())
+VERSION = CRD["spec"]["versions"][0]
+SCHEMA = VERSION["schema"]["openAPIV3Schema"]
+EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.yaml") if "kind: ImageModel" in p.read_text())
+
+
+def test_names_follow_the_contract() -> None:
+    names = CRD["spec"]["names"]
+    assert CRD["metadata"]["name"] == f"{PLURAL}.kubediffusion.io"
+    assert (names["kind"], names["plural"], names["shortNames"]) == (KIND, PLURAL, ["im"])
+    assert CRD["spec"]["scope"] == "Namespaced"
+    assert f"{CRD['spec']['group']}/{VERSION['name']}" == API_VERSION
+    assert VERSION["subresources"] == {"status": {}}
+
+
+def test_printer_columns() -> None:
+    columns = {c["name"]: c["jsonPath"] for c in VERSION["additionalPrinterColumns"]}
+    assert list(columns) == ["Source", "Ready", "Phase", "Endpoint", "Age"]
+    assert columns["Age"] == ".metadata.creationTimestamp"
+
+
+def _properties(schema: dict[str, Any]) -> set[str]:
+    return set(schema.get("properties", {}))
+
+
+def _aliases(model: type[BaseModel]) -> set[str]:
+    return {field.alias or name for name, field in model.model_fields.items()}
+
+
+@pytest.mark.parametrize(
+    ("path", "model"),
+    [
+        ((), ImageModelSpec),
+        (("source",), ImageModelSpec.model_fields["source"].annotation),
+        (("resources",), ImageModelSpec.model_fields["resources"].annotation),
+        (("cache",), ImageModelSpec.model_fields["cache"].annotation),
+        (("serving",), ImageModelSpec.model_fields["serving"].annotation),
+    ],
+)
+def test_schema_and_typed_spec_have_the_same_fields(path: tuple[str, ...], model: Any) -> None:
+    schema = SCHEMA["properties"]["spec"]
+    for key in path:
+        schema = schema["properties"][key]
+    assert _properties(schema) == _aliases(model)
+
+
+@pytest.mark.parametrize("field", ["defaults", "limits"])
+def test_shared_generation_models_match_the_schema(field: str) -> None:
+    from kubediffusion.api.limits import GenerationDefaults, GenerationLimits
+
+    model = GenerationDefaults if field == "defaults" else GenerationLimits
+    assert _properties(SCHEMA["properties"]["spec"]["properties"][field]) == _aliases(model)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_examples_are_valid(path: Path) -> None:
+    doc = yaml.safe_load(path.read_text())
+    jsonschema.validate(doc, SCHEMA)  # the OpenAPI part; CEL rules are checked by the cluster tests
+    ImageModelSpec.from_body(doc)
+
+
+def test_status_conditions_are_a_map_keyed_by_type() -> None:
+    conditions = SCHEMA["properties"]["status"]["properties"]["conditions"]
+    assert conditions["x-kubernetes-list-type"] == "map"
+    assert conditions["x-kubernetes-list-map-keys"] == ["type"]

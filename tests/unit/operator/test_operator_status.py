@@ -1,0 +1,386 @@
+"""Status is a pure function of observations: tables of (observed children) -> (phase, reasons)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kubediffusion.operator import status as st
+from kubediffusion.operator.resources import cache_volume
+from kubediffusion.operator.spec import ImageModelSpec
+
+NOW = "2026-01-01T00:00:00Z"
+LATER = "2026-01-01T00:05:00Z"
+
+
+def parse(spec: dict[str, Any]) -> ImageModelSpec:
+    return ImageModelSpec.from_body({"spec": spec})
+
+
+HF = parse({"source": {"huggingface": {"repo": "a/b"}}, "replicas": 2})
+PVC_SOURCE = parse({"source": {"pvc": {"claimName": "shared"}}})
+
+
+def claim(phase: str = "Bound") -> dict[str, Any]:
+    return {"metadata": {"name": "im-m-cache"}, "status": {"phase": phase}}
+
+
+def job(condition: str | None = None, message: str = "") -> dict[str, Any]:
+    conds = [{"type": condition, "status": "True", "reason": "BackoffLimitExceeded", "message": message}]
+    out: dict[str, Any] = {"metadata": {"name": "im-m-cache"}, "status": {"conditions": conds if condition else []}}
+    if condition == "Complete":
+        out["status"]["completionTime"] = "2026-01-01T00:00:00Z"
+    return out
+
+
+def pod(
+    *,
+    phase: str = "Running",
+    waiting: str | None = None,
+    waiting_message: str = "",
+    restarts: int = 0,
+    last_message: str = "",
+    exit_code: int = 1,
+    terminated_message: str | None = None,
+    unschedulable: str | None = None,
+    created: str = "2026-01-01T00:00:00Z",
+) -> dict[str, Any]:
+    cs: dict[str, Any] = {"name": "c", "restartCount": restarts, "state": {}}
+    if waiting:
+        cs["state"] = {"waiting": {"reason": waiting, "message": waiting_message}}
+    if restarts:
+        cs["lastState"] = {"terminated": {"exitCode": exit_code, "reason": "Error", "message": last_message}}
+    if terminated_message is not None:
+        cs["state"] = {"terminated": {"exitCode": 0 if phase == "Succeeded" else 1, "message": terminated_message}}
+    conditions = []
+    if unschedulable:
+        conditions.append(
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": unschedulable}
+        )
+    return {
+        "metadata": {"name": "p", "creationTimestamp": created},
+        "status": {"phase": phase, "conditions": conditions, "containerStatuses": [] if unschedulable else [cs]},
+    }
+
+
+def deployment(ready: int, replicas: int = 2, updated: int | None = None, total: int | None = None) -> dict[str, Any]:
+    return {
+        "metadata": {"generation": 2},
+        "spec": {"replicas": replicas},
+        "status": {
+            "observedGeneration": 2,
+            "readyReplicas": ready,
+            "updatedReplicas": replicas if updated is None else updated,
+            "replicas": replicas if total is None else total,
+        },
+    }
+
+
+def derive(
+    spec: ImageModelSpec, observed: st.Observed, previous: dict[str, Any] | None = None, now: str = NOW
+) -> dict[str, Any]:
+    return st.derive_status(
+        spec,
+        name="m",
+        namespace="ns",
+        generation=3,
+        volume=cache_volume(spec, "m"),
+        observed=observed,
+        refused=None,
+        previous=previous or {},
+        now=now,
+    )
+
+
+def reasons(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+
+
+DONE = dict(claim=claim(), job=job("Complete"))
+CASES: list[tuple[str, ImageModelSpec, st.Observed, str, dict[str, tuple[str, str]]]] = [
+    ("nothing yet", HF, st.Observed(claim=claim("Pending")), "Pending", {"CacheReady": ("False", "CachePending")}),
+    (
+        "pvc pending",
+        HF,
+        st.Observed(claim=claim("Pending"), job=job()),
+        "Pending",
+        {"CacheReady": ("False", "PVCPending")},
+    ),
+    (
+        "downloading",
+        HF,
+        st.Observed(claim=claim(), job=job(), job_pods=[pod()]),
+        "Caching",
+        {
+            "CacheReady": ("False", "Downloading"),
+            "Available": ("False", "CacheNotReady"),
+            "Degraded": ("False", "AsExpected"),
+        },
+    ),
+    (
+        "download failed",
+        HF,
+        st.Observed(
+            claim=claim(),
+            job=job("Failed", "Job has reached the specified backoff limit"),
+            job_pods=[pod(phase="Failed", terminated_message='{"error": "GET https://x/m.tar: HTTP 404 Not Found"}')],
+        ),
+        "Failed",
+        {"CacheReady": ("False", "DownloadFailed"), "Degraded": ("True", "DownloadFailed")},
+    ),
+    (
+        "job pod cannot pull",
+        HF,
+        st.Observed(claim=claim(), job=job(), job_pods=[pod(phase="Pending", waiting="ImagePullBackOff")]),
+        "Degraded",
+        {"CacheReady": ("False", "ImagePullBackOff"), "Degraded": ("True", "ImagePullBackOff")},
+    ),
+    (
+        "job pod unschedulable",
+        HF,
+        st.Observed(claim=claim(), job=job(), job_pods=[pod(phase="Pending", unschedulable="0/3 nodes")]),
+        "Degraded",
+        {"CacheReady": ("False", "Unschedulable")},
+    ),
+    (
+        "loading",
+        HF,
+        st.Observed(**DONE, deployment=deployment(0), pods=[pod(), pod()]),
+        "Loading",
+        {
+            "CacheReady": ("True", "Downloaded"),
+            "Available": ("False", "PodsStarting"),
+            "Ready": ("False", "PodsStarting"),
+        },
+    ),
+    (
+        "one of two ready",
+        HF,
+        st.Observed(**DONE, deployment=deployment(1), pods=[pod(), pod()]),
+        "Loading",
+        {"Available": ("True", "MinimumReplicasAvailable"), "Ready": ("False", "PodsStarting")},
+    ),
+    (
+        "ready",
+        HF,
+        st.Observed(**DONE, deployment=deployment(2), pods=[pod(), pod()]),
+        "Ready",
+        {
+            "CacheReady": ("True", "Downloaded"),
+            "Available": ("True", "MinimumReplicasAvailable"),
+            "Ready": ("True", "Ready"),
+            "Degraded": ("False", "AsExpected"),
+        },
+    ),
+    (
+        "rolling out",
+        HF,
+        st.Observed(**DONE, deployment=deployment(2, updated=1, total=3), pods=[pod()]),
+        "Loading",
+        {"Ready": ("False", "PodsStarting")},
+    ),
+    (
+        "crash loop",
+        HF,
+        st.Observed(
+            **DONE,
+            deployment=deployment(0),
+            pods=[pod(waiting="CrashLoopBackOff", restarts=3, last_message="OSError: no file named model_index.json")],
+        ),
+        "Degraded",
+        {"Ready": ("False", "ModelLoadFailed"), "Degraded": ("True", "ModelLoadFailed")},
+    ),
+    (
+        "image pull",
+        HF,
+        st.Observed(**DONE, deployment=deployment(0), pods=[pod(phase="Pending", waiting="ErrImagePull")]),
+        "Degraded",
+        {"Degraded": ("True", "ImagePullBackOff")},
+    ),
+    (
+        "unschedulable",
+        HF,
+        st.Observed(
+            **DONE,
+            deployment=deployment(0),
+            pods=[pod(phase="Pending", unschedulable="0/3 nodes are available: 3 Insufficient nvidia.com/gpu.")],
+        ),
+        "Degraded",
+        {"Degraded": ("True", "Unschedulable")},
+    ),
+    (
+        "config error",
+        HF,
+        st.Observed(
+            **DONE, deployment=deployment(0), pods=[pod(phase="Pending", waiting="CreateContainerConfigError")]
+        ),
+        "Degraded",
+        {"Degraded": ("True", "CreateContainerConfigError")},
+    ),
+    (
+        "scaled to zero",
+        parse({"source": {"huggingface": {"repo": "a/b"}}, "replicas": 0}),
+        st.Observed(**DONE, deployment=deployment(0, replicas=0)),
+        "Pending",
+        {"Available": ("False", "ScaledToZero"), "Ready": ("False", "ScaledToZero")},
+    ),
+    (
+        "pvc source bound",
+        PVC_SOURCE,
+        st.Observed(claim=claim(), deployment=deployment(1, replicas=1), pods=[pod()]),
+        "Ready",
+        {"CacheReady": ("True", "VolumeReady")},
+    ),
+    ("pvc source missing", PVC_SOURCE, st.Observed(), "Pending", {"CacheReady": ("False", "PVCNotFound")}),
+    (
+        "pvc source pending",
+        PVC_SOURCE,
+        st.Observed(claim=claim("Pending")),
+        "Pending",
+        {"CacheReady": ("False", "PVCPending")},
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "spec", "observed", "phase", "expected"), CASES, ids=[c[0] for c in CASES])
+def test_phase_and_condition_reasons(
+    case: str, spec: ImageModelSpec, observed: st.Observed, phase: str, expected: dict[str, tuple[str, str]]
+) -> None:
+    status = derive(spec, observed)
+    assert status["phase"] == phase
+    got = reasons(status)
+    assert {k: got[k] for k in expected} == expected
+    assert {c["type"] for c in status["conditions"]} == {"CacheReady", "Available", "Ready", "Degraded"}
+    assert all(c["observedGeneration"] == 3 for c in status["conditions"])
+
+
+def test_download_failure_carries_the_fetch_error_message_and_exit_code() -> None:
+    observed = st.Observed(
+        claim=claim(),
+        job=job("Failed"),
+        job_pods=[pod(phase="Failed", terminated_message='{"error": "GET https://x/m.tar: HTTP 404 Not Found"}')],
+    )
+    status = derive(HF, observed)
+    assert status["lastFailure"]["reason"] == "DownloadFailed"
+    assert status["lastFailure"]["message"] == "GET https://x/m.tar: HTTP 404 Not Found"
+    assert status["lastFailure"]["exitCode"] == 1
+    cache_cond = next(c for c in status["conditions"] if c["type"] == "CacheReady")
+    assert "HTTP 404" in cache_cond["message"]
+
+
+def test_model_load_failure_shows_the_last_termination_message() -> None:
+    observed = st.Observed(
+        **DONE,
+        deployment=deployment(0),
+        pods=[pod(waiting="CrashLoopBackOff", restarts=2, exit_code=3, last_message="CUDA out of memory")],
+    )
+    status = derive(HF, observed)
+    assert "CUDA out of memory" in status["lastFailure"]["message"]
+    assert status["lastFailure"]["exitCode"] == 3
+
+
+def test_cache_info_comes_from_the_fetch_summary() -> None:
+    summary = '{"source":"hf:a/b@main","revision":"deadbeef","bytes":1234,"completedAt":"2026-01-01T00:00:00Z"}'
+    observed = st.Observed(
+        claim=claim(), job=job("Complete"), job_pods=[pod(phase="Succeeded", terminated_message=summary)]
+    )
+    status = derive(HF, observed)
+    assert status["cache"]["revision"] == "deadbeef" and status["cache"]["bytes"] == 1234
+    assert status["cache"]["claimName"] == "im-m-cache" and status["cache"]["completedAt"]
+    # The Job's pods were garbage-collected: the previous status keeps what was learned.
+    again = derive(HF, st.Observed(claim=claim(), job=job("Complete")), previous=status)
+    assert again["cache"]["revision"] == "deadbeef"
+
+
+def test_status_fields_for_printer_columns_and_router() -> None:
+    status = derive(HF, st.Observed(**DONE, deployment=deployment(2), pods=[pod(), pod()]))
+    assert status["endpoint"] == "http://im-m.ns.svc:8000"
+    assert status["ready"] == "2/2" and status["readyReplicas"] == 2 and status["replicas"] == 2
+    assert status["source"] == "hf:a/b@main" and status["observedGeneration"] == 3
+
+
+def test_last_transition_time_moves_only_when_the_status_changes() -> None:
+    first = derive(HF, st.Observed(**DONE, deployment=deployment(0), pods=[pod()]))
+    same = derive(HF, st.Observed(**DONE, deployment=deployment(1), pods=[pod()]), previous=first, now=LATER)
+    ready = {c["type"]: c for c in same["conditions"]}
+    before = {c["type"]: c for c in first["conditions"]}
+    assert ready["CacheReady"]["lastTransitionTime"] == NOW  # still True
+    assert ready["Ready"]["lastTransitionTime"] == NOW  # still False (reason unchanged too)
+    assert ready["Available"]["lastTransitionTime"] == LATER  # False -> True
+    assert before["Available"]["status"] == "False"
+
+
+def test_refused_spec_is_failed_with_the_reason_everywhere() -> None:
+    failure = st.Failure("SecretNotFound", "Secret hf not found")
+    status = st.derive_status(
+        HF,
+        name="m",
+        namespace="ns",
+        generation=1,
+        volume=None,
+        observed=st.Observed(),
+        refused=failure,
+        previous={},
+        now=NOW,
+    )
+    assert status["phase"] == "Failed"
+    assert reasons(status)["CacheReady"] == ("False", "SecretNotFound")
+    assert reasons(status)["Degraded"] == ("True", "SecretNotFound")
+    assert status["lastFailure"]["message"] == "Secret hf not found"
+
+
+def test_last_failure_is_kept_after_recovery() -> None:
+    failed = derive(
+        HF, st.Observed(**DONE, deployment=deployment(0), pods=[pod(phase="Pending", waiting="ErrImagePull")])
+    )
+    healed = derive(HF, st.Observed(**DONE, deployment=deployment(2), pods=[pod(), pod()]), previous=failed, now=LATER)
+    assert healed["phase"] == "Ready"
+    assert healed["lastFailure"] == failed["lastFailure"]
+
+
+@pytest.mark.parametrize(
+    ("previous", "current", "expected"),
+    [
+        ({}, {"phase": "Pending"}, [("Normal", "Pending")]),
+        ({"phase": "Loading"}, {"phase": "Ready"}, [("Normal", "Ready")]),
+        ({"phase": "Ready"}, {"phase": "Ready"}, []),
+        (
+            {"phase": "Caching"},
+            {"phase": "Failed", "lastFailure": {"reason": "DownloadFailed", "message": "404"}},
+            [("Warning", "DownloadFailed")],
+        ),
+        (
+            {"phase": "Degraded", "lastFailure": {"reason": "Unschedulable", "message": "x"}},
+            {"phase": "Degraded", "lastFailure": {"reason": "ImagePullBackOff", "message": "y"}},
+            [("Warning", "ImagePullBackOff")],
+        ),
+        (
+            {"phase": "Degraded", "lastFailure": {"reason": "Unschedulable", "message": "x"}},
+            {"phase": "Degraded", "lastFailure": {"reason": "Unschedulable", "message": "x"}},
+            [],
+        ),
+    ],
+)
+def test_events_on_transitions(
+    previous: dict[str, Any], current: dict[str, Any], expected: list[tuple[str, str]]
+) -> None:
+    assert [(e.type, e.reason) for e in st.transitions(previous, current)] == expected
+
+
+def test_a_crash_that_recovered_keeps_the_model_ready_and_is_recorded_as_last_failure() -> None:
+    recovered = pod(restarts=1, exit_code=137, last_message="")
+    recovered["status"]["containerStatuses"][0]["ready"] = True
+    status = derive(HF, st.Observed(**DONE, deployment=deployment(2), pods=[recovered, pod()]))
+    assert status["phase"] == "Ready"
+    assert status["lastFailure"]["reason"] == "ContainerRestarted" and status["lastFailure"]["exitCode"] == 137
+    assert "recovered" in status["lastFailure"]["message"]
+
+
+def test_a_restarted_container_that_is_not_ready_again_is_a_current_problem() -> None:
+    crashed = pod(restarts=1, exit_code=137, last_message="")  # restarted, not ready (yet)
+    status = derive(HF, st.Observed(**DONE, deployment=deployment(1), pods=[crashed, pod()]))
+    assert status["phase"] == "Degraded" and status["lastFailure"]["reason"] == "ContainerRestarted"
+    load_failed = pod(restarts=1, exit_code=1, last_message="ModelLoadFailed: no model_index.json in /models")
+    status = derive(HF, st.Observed(**DONE, deployment=deployment(1), pods=[load_failed, pod()]))
+    assert status["phase"] == "Degraded" and status["lastFailure"]["reason"] == "ModelLoadFailed"
