@@ -1,7 +1,8 @@
 """kopf registration only: every handler is parse → build → apply → status via :func:`reconcile`.
 
-One reconcile serves create, update and resume (react to changes at once) and a timer (level-triggered
-resync that also corrects drift). Waiting is an exception: while a model converges the *timer* raises
+One reconcile serves create, update and resume (react to changes at once), events of the model's pods
+(a crash or a finished cache Job shows in status at once) and a timer (level-triggered resync that also
+corrects drift). Waiting is an exception: while a model converges the *timer* raises
 ``kopf.TemporaryError(delay=poll_seconds)``, so a new model has one polling loop; create/resume handlers
 apply once and leave the waiting to it, an update handler follows its own rollout (the timer of a settled
 model sleeps until the next resync). A refused spec is ``kopf.PermanentError`` (no retry storm); the
@@ -13,6 +14,7 @@ keeps the timer and a change handler from reconciling the same model at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Mapping
@@ -20,6 +22,7 @@ from typing import Any
 
 import kopf
 
+from kubediffusion.operator import names
 from kubediffusion.operator.kube import Kube, new_api_client
 from kubediffusion.operator.reconcile import Outcome, Refused, reconcile
 from kubediffusion.operator.settings import OperatorSettings
@@ -100,6 +103,18 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
         # sleeps until the next resync, so this handler follows the rollout itself.
         if reason == "update" and outcome.converging:
             raise kopf.TemporaryError(f"{outcome.phase}: {outcome.message}", delay=config.poll_seconds)
+
+    @kopf.on.event(
+        "", "v1", "pods",
+        labels={names.MODEL_LABEL: kopf.PRESENT, "app.kubernetes.io/managed-by": names.FIELD_MANAGER},
+        registry=registry,
+    )
+    def on_child_pod(*, namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+        # A child pod changed (ready, crashed, unschedulable, finished, gone): status follows at once instead
+        # of at the next resync. Best effort: if a reconcile of this model is running, it (or the timer)
+        # sees the same pod; a refused spec has already reported itself.
+        with contextlib.suppress(kopf.TemporaryError, kopf.PermanentError):
+            run(namespace or "", labels[names.MODEL_LABEL], block=False)
 
     @kopf.timer(GROUP, VERSION, PLURAL, interval=config.resync_seconds, registry=registry)
     def resync(*, namespace: str | None, name: str, **_: Any) -> None:

@@ -49,7 +49,7 @@ OPERATOR_ALLOWED = [
     *_rows("get create patch", "", "services"),
     *_rows("get create patch", "apps", "deployments"),
     *_rows("get create patch delete", "batch", "jobs"),
-    *_rows("list", "", "pods"),
+    *_rows("list watch", "", "pods"),
     *_rows("get", "", "secrets"),
     *_rows("create", "", "events"),
 ]
@@ -92,7 +92,6 @@ COMMON_DENIED = [
 ]
 OPERATOR_DENIED = [
     *COMMON_DENIED,
-    *_rows("watch", "", "pods"),
     *_rows("list watch", "discovery.k8s.io", "endpointslices"),
 ]
 ROUTER_DENIED = [

@@ -55,10 +55,11 @@ no access to namespaces or CRDs. Keep in step with tests/cluster/test_chart_rbac
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, create, patch, delete]
-# Model and cache pods, listed by label to tell ImagePullBackOff, Unschedulable and exit codes apart.
+# Model and cache pods: listed by label to tell ImagePullBackOff, Unschedulable and exit codes apart,
+# and watched so a crash or a finished cache Job shows in the model's status at once.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list]
+  verbs: [list, watch]
 # Only whether spec.source.huggingface.tokenSecretRef names an existing Secret key (values are not
 # kept). `get` by name only: no list, no watch.
 - apiGroups: [""]
