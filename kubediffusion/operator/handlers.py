@@ -105,7 +105,9 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
             raise kopf.TemporaryError(f"{outcome.phase}: {outcome.message}", delay=config.poll_seconds)
 
     @kopf.on.event(
-        "", "v1", "pods",
+        "",
+        "v1",
+        "pods",
         labels={names.MODEL_LABEL: kopf.PRESENT, "app.kubernetes.io/managed-by": names.FIELD_MANAGER},
         registry=registry,
     )

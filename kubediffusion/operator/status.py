@@ -149,8 +149,10 @@ def recovered_restart(pods: Sequence[Obj]) -> Failure | None:
                 code = last.get("exitCode")
                 return Failure(
                     CONTAINER_RESTARTED,
-                    _short(f"pod {_get(pod, 'metadata', 'name')} restarted {status.get('restartCount')} time(s) "
-                           f"and recovered; last exit: {detail}"),
+                    _short(
+                        f"pod {_get(pod, 'metadata', 'name')} restarted {status.get('restartCount')} time(s) "
+                        f"and recovered; last exit: {detail}"
+                    ),
                     int(code) if code is not None else None,
                 )
     return None

@@ -8,8 +8,7 @@ Use from any test module (tests/cluster, tests/e2e, chart tests)::
     cache_storage = operator_fixture.cache_storage        # session: default StorageClass + provisioner
     operator = operator_fixture.operator                  # per test: `kubediffusion operator` on `namespace`
 
-A suite with its own volume provisioner (e.g. e2e's pod runner maps claim directories) defines its own
-``cache_storage`` fixture in its conftest and does not import this one.
+The e2e pod runner maps the claim directories of this same ``cache_storage`` into the processes it runs.
 
 The operator is the real CLI (``python -m kubediffusion.cli operator``) with ``KUBECONFIG`` pointing
 at the test cluster, watching only the test's namespace, polling every second so tests converge fast.

@@ -21,7 +21,6 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from tests.support.fixtures import Cluster
-from tests.support.provisioner import HostPathProvisioner, ensure_storage_class
 from tests.support.waiting import wait_for
 from tests.unit.chart.chart_cluster import (
     CRD_NAME,
@@ -52,19 +51,8 @@ def helm(control_plane: Cluster) -> Helm:
         pytest.fail(str(exc), pytrace=False)
 
 
-@pytest.fixture(scope="module")
-def storage(api_client: client.ApiClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """A default StorageClass and a hostPath provisioner, so the router's and the cache's PVCs bind."""
-    ensure_storage_class(api_client)
-    provisioner = HostPathProvisioner(api_client, tmp_path_factory.mktemp("volumes")).start()
-    try:
-        yield
-    finally:
-        provisioner.stop()
-
-
 @pytest.fixture
-def release_ns(api_client: client.ApiClient, namespace: str, helm: Helm, storage: None) -> Iterator[str]:
+def release_ns(api_client: client.ApiClient, namespace: str, helm: Helm, cache_storage: Path) -> Iterator[str]:
     """A restricted namespace to install into; the release is uninstalled afterwards."""
     enforce_restricted(api_client, namespace)
     adopt_crd(api_client, RELEASE, namespace)

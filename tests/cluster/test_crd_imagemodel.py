@@ -10,11 +10,9 @@ import pytest
 import yaml
 from kubernetes import client
 
-from tests.cluster import operator_fixture
 from tests.cluster.operator_fixture import raw
 
 pytestmark = pytest.mark.cluster
-imagemodel_crd = operator_fixture.imagemodel_crd
 
 EXAMPLES = sorted(
     p for p in (Path(__file__).resolve().parents[2] / "examples").glob("*.yaml") if "kind: ImageModel" in p.read_text()

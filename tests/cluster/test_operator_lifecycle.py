@@ -25,9 +25,6 @@ from tests.cluster.operator_fixture import (
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
-imagemodel_crd = operator_fixture.imagemodel_crd
-cache_storage = operator_fixture.cache_storage
-operator = operator_fixture.operator
 
 TINY: dict[str, Any] = {"source": {"tiny": {}}, "resources": {"gpus": 0}, "cache": {"size": "1Gi"}}
 

@@ -1,7 +1,8 @@
 """End-to-end fixtures: the local control plane, plus what makes its pods real enough for traffic.
 
-- ``cache_storage`` (session): default StorageClass + hostPath provisioner; the pod runner maps the
-  same directories, so what the cache Job writes is what model pods read.
+- ``cache_storage`` (session, tests/conftest.py): default StorageClass + hostPath
+  provisioner; the pod runner maps the same directories, so what the cache Job writes is what model
+  pods read.
 - ``pod_runner`` (session): runs pods scheduled to its node as local processes (tests/e2e/podrunner.py).
 - ``e2e_stack`` (module): a namespace, the real operator and the real router (Kubernetes discovery)
   watching it. Tests in one module share it, so models are built once per module.
@@ -16,24 +17,10 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from tests.cluster.operator_fixture import OperatorProcess, imagemodel_crd
+from tests.cluster.operator_fixture import OperatorProcess
 from tests.e2e.podrunner import PodRunner
 from tests.e2e.stack import E2EStack, RouterProcess
-from tests.support.fixtures import Cluster, api_client, control_plane, namespace
-from tests.support.provisioner import HostPathProvisioner, ensure_storage_class
-
-__all__ = ["api_client", "control_plane", "imagemodel_crd", "namespace"]
-
-
-@pytest.fixture(scope="session")
-def cache_storage(api_client: client.ApiClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    root = tmp_path_factory.mktemp("volumes")
-    ensure_storage_class(api_client)
-    provisioner = HostPathProvisioner(api_client, root).start()
-    try:
-        yield root
-    finally:
-        provisioner.stop()
+from tests.support.fixtures import Cluster
 
 
 @pytest.fixture(scope="session")
@@ -61,12 +48,14 @@ def e2e_stack(
     ns = f"e2e-{module}-{secrets.token_hex(3)}"
     core.create_namespace({"metadata": {"name": ns, "labels": {"kubediffusion.io/test": "true"}}})
     workdir = tmp_path_factory.mktemp(f"e2e-{module}")
-    operator = OperatorProcess(control_plane.kubeconfig, workdir / "operator.log",
-                               env={"KD_OPERATOR_NAMESPACE": ns}).start()
+    operator = OperatorProcess(
+        control_plane.kubeconfig, workdir / "operator.log", env={"KD_OPERATOR_NAMESPACE": ns}
+    ).start()
     router = RouterProcess(control_plane.kubeconfig, ns, workdir).start()
     try:
-        yield E2EStack(api=api_client, namespace=ns, operator=operator, router=router, runner=pod_runner,
-                       workdir=workdir)
+        yield E2EStack(
+            api=api_client, namespace=ns, operator=operator, router=router, runner=pod_runner, workdir=workdir
+        )
     finally:
         router.stop()
         operator.stop()

@@ -50,8 +50,13 @@ class RouterProcess:
 
     def start(self) -> RouterProcess:
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "kubediffusion.cli", "router"], env=self.env,
-                                            stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "kubediffusion.cli", "router"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO_ROOT,
+            )
         wait_for(self._ready, timeout=60, interval=0.3, message=f"router /readyz\n{self.tail()}")
         return self
 
@@ -88,8 +93,12 @@ class E2EStack:
     workdir: Path
 
     def client(self, **kwargs: Any) -> openai.OpenAI:
-        options: dict[str, Any] = {"base_url": f"{self.router.url}/v1", "api_key": "unused", "timeout": 120.0,
-                                   "_strict_response_validation": True}
+        options: dict[str, Any] = {
+            "base_url": f"{self.router.url}/v1",
+            "api_key": "unused",
+            "timeout": 120.0,
+            "_strict_response_validation": True,
+        }
         options.update(kwargs)
         return openai.OpenAI(**options)
 
@@ -100,8 +109,12 @@ class E2EStack:
 
     def wait_ready(self, name: str, replicas: int = 1) -> dict[str, Any]:
         model = wait_phase(self.api, self.namespace, name, "Ready", timeout=READY_TIMEOUT)
-        wait_for(lambda: self.routed_endpoints(name) >= replicas, timeout=60, interval=0.3,
-                 message=f"router sees {replicas} ready endpoint(s) of {name}\n{self.router.tail()}")
+        wait_for(
+            lambda: self.routed_endpoints(name) >= replicas,
+            timeout=60,
+            interval=0.3,
+            message=f"router sees {replicas} ready endpoint(s) of {name}\n{self.router.tail()}",
+        )
         return model
 
     def models(self) -> dict[str, dict[str, Any]]:
@@ -115,13 +128,17 @@ class E2EStack:
 
     def pod_ips(self, name: str) -> list[str]:
         pods = client.CoreV1Api(self.api).list_namespaced_pod(
-            self.namespace, label_selector=f"kubediffusion.io/model={name},app.kubernetes.io/component=inference")
+            self.namespace, label_selector=f"kubediffusion.io/model={name},app.kubernetes.io/component=inference"
+        )
         return [p.status.pod_ip for p in pods.items if p.status.pod_ip and p.metadata.deletion_timestamp is None]
 
     def pod_request_count(self, ip: str) -> float:
         text = httpx.get(f"http://{ip}:8000/metrics", timeout=5).text
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith("kubediffusion_inference_requests_total"))
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("kubediffusion_inference_requests_total")
+        )
 
 
 def decode_image(b64: str) -> Image.Image:

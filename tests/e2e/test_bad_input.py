@@ -62,8 +62,9 @@ CASES: list[tuple[str, bytes, str, int, str | None]] = [
 
 @pytest.fixture(scope="module")
 def stack(e2e_stack: E2EStack) -> E2EStack:
-    e2e_stack.apply_model(MODEL, {"source": {"tiny": {}}, "limits": {"maxN": 4, "maxPromptChars": 2000,
-                                                                      "minSize": 32, "maxSize": 256}})
+    e2e_stack.apply_model(
+        MODEL, {"source": {"tiny": {}}, "limits": {"maxN": 4, "maxPromptChars": 2000, "minSize": 32, "maxSize": 256}}
+    )
     e2e_stack.wait_ready(MODEL)
     return e2e_stack
 
@@ -72,15 +73,17 @@ def test_the_table_has_at_least_thirty_cases() -> None:
     assert len(CASES) >= 30 and len({case[0] for case in CASES}) == len(CASES)
 
 
-@pytest.mark.parametrize(("body", "content_type", "status", "param"),
-                         [case[1:] for case in CASES], ids=[case[0] for case in CASES])
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "param"), [case[1:] for case in CASES], ids=[case[0] for case in CASES]
+)
 def test_bad_request_gets_a_4xx_envelope_and_never_reaches_a_pod(
     stack: E2EStack, body: bytes, content_type: str, status: int, param: str | None
 ) -> None:
     (pod_ip,) = stack.pod_ips(MODEL)
     before = stack.pod_request_count(pod_ip)
-    response = httpx.post(f"{stack.router.url}/v1/images/generations", content=body,
-                          headers={"Content-Type": content_type}, timeout=30)
+    response = httpx.post(
+        f"{stack.router.url}/v1/images/generations", content=body, headers={"Content-Type": content_type}, timeout=30
+    )
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
     error: dict[str, Any] = response.json()["error"]
@@ -95,7 +98,8 @@ def test_a_good_request_does_reach_the_pod(stack: E2EStack) -> None:
     """The counter the table relies on really moves (so "did not move" above means something)."""
     (pod_ip,) = stack.pod_ips(MODEL)
     before = stack.pod_request_count(pod_ip)
-    response = httpx.post(f"{stack.router.url}/v1/images/generations", json={"prompt": "a", "size": "64x64"},
-                          timeout=60)
+    response = httpx.post(
+        f"{stack.router.url}/v1/images/generations", json={"prompt": "a", "size": "64x64"}, timeout=60
+    )
     assert response.status_code == 200, response.text
     assert stack.pod_request_count(pod_ip) == before + 1

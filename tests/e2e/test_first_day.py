@@ -86,7 +86,11 @@ def test_router_lists_both_models_with_aliases(stack: E2EStack) -> None:
 
 def test_openai_client_generates_b64_images(stack: E2EStack) -> None:
     result = stack.client().images.generate(
-        model=TINY, prompt="a lighthouse at dawn", n=2, size="64x64", response_format="b64_json",
+        model=TINY,
+        prompt="a lighthouse at dawn",
+        n=2,
+        size="64x64",
+        response_format="b64_json",
         extra_body={"seed": 7, "num_inference_steps": 2},
     )
     assert len(result.data) == 2
@@ -97,7 +101,12 @@ def test_openai_client_generates_b64_images(stack: E2EStack) -> None:
 
 def test_openai_client_gets_signed_urls_that_serve_the_images(stack: E2EStack) -> None:
     result = stack.client().images.generate(
-        model=ARCHIVE, prompt="a fox", n=2, size="64x64", response_format="url", extra_body={"seed": 3},
+        model=ARCHIVE,
+        prompt="a fox",
+        n=2,
+        size="64x64",
+        response_format="url",
+        extra_body={"seed": 3},
     )
     assert len(result.data) == 2
     for item in result.data:
@@ -122,8 +131,9 @@ def test_requests_route_by_name_alias_and_default(stack: E2EStack, name: str | N
 
 def test_same_seed_same_bytes_through_the_whole_stack(stack: E2EStack) -> None:
     def once() -> str:
-        result = stack.client().images.generate(model=TINY, prompt="seeded", size="64x64",
-                                                response_format="b64_json", extra_body={"seed": 1234})
+        result = stack.client().images.generate(
+            model=TINY, prompt="seeded", size="64x64", response_format="b64_json", extra_body={"seed": 1234}
+        )
         return result.data[0].b64_json or ""
 
     assert once() == once()
@@ -137,8 +147,12 @@ def test_unknown_model_is_404_model_not_found(stack: E2EStack) -> None:
 
 def test_deleted_model_disappears_from_the_router_and_answers_404(stack: E2EStack) -> None:
     delete_model(stack.api, stack.namespace, ARCHIVE)
-    wait_for(lambda: ARCHIVE not in stack.models(), timeout=15, interval=0.2,
-             message="router stops listing the deleted model")
+    wait_for(
+        lambda: ARCHIVE not in stack.models(),
+        timeout=15,
+        interval=0.2,
+        message="router stops listing the deleted model",
+    )
     with pytest.raises(openai.NotFoundError):
         stack.client(max_retries=0).images.generate(model=ARCHIVE, prompt="x")
     with pytest.raises(openai.NotFoundError):
@@ -146,5 +160,3 @@ def test_deleted_model_disappears_from_the_router_and_answers_404(stack: E2EStac
     # The other model is untouched.
     result = stack.client().images.generate(prompt="still here", size="64x64", response_format="b64_json")
     assert decode_image(result.data[0].b64_json or "").size == (64, 64)
-
-

@@ -35,8 +35,12 @@ def generate(stack: E2EStack, size: int = 64, **extra: Any) -> str:
     """One request with no client retries: returns "ok", "503", or raises on anything else."""
     try:
         result = stack.client(max_retries=0, timeout=REQUEST_TIMEOUT).images.generate(
-            model=MODEL, prompt="busy", size=f"{size}x{size}",  # type: ignore[arg-type]
-            response_format="b64_json", extra_body=extra or None)
+            model=MODEL,
+            prompt="busy",
+            size=f"{size}x{size}",  # type: ignore[arg-type]
+            response_format="b64_json",
+            extra_body=extra or None,
+        )
     except openai.APIStatusError as exc:
         if exc.status_code == 503 and exc.response.headers.get("retry-after"):
             return "503"
@@ -123,10 +127,14 @@ def test_spec_change_while_traffic_runs_fails_no_request(stack: E2EStack) -> Non
             _, deployment = raw(stack.api, "GET", deployments)
             status = deployment.get("status") or {}
             new_ips = set(stack.pod_ips(MODEL))
-            return (status.get("observedGeneration") == deployment["metadata"]["generation"]
-                    and status.get("updatedReplicas") == 2 and status.get("readyReplicas") == 2
-                    and status.get("replicas") == 2 and not (new_ips & old_ips)
-                    and stack.routed_endpoints(MODEL) == 2)
+            return (
+                status.get("observedGeneration") == deployment["metadata"]["generation"]
+                and status.get("updatedReplicas") == 2
+                and status.get("readyReplicas") == 2
+                and status.get("replicas") == 2
+                and not (new_ips & old_ips)
+                and stack.routed_endpoints(MODEL) == 2
+            )
 
         wait_for(rolled_out, timeout=180, interval=0.5, message="the new pod template rolled out")
         settled = len(outcomes)
