@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -218,6 +219,10 @@ def _say(text: str) -> None:
     print(text, flush=True)  # noqa: T201 - this command's output is for the person running it
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -239,6 +244,9 @@ def main(argv: list[str]) -> int:
         name = args.name or model_dir.name
         defaults, limits = {}, {}
     inference_port = free_port()
+    # SIGTERM stops us like Ctrl-C does, so the model server below is always stopped too (uvicorn
+    # re-raises the signal it caught once it has shut down; without this it would kill us outright).
+    signal.signal(signal.SIGTERM, _interrupt)
     process = start_inference(
         model_dir, name, inference_port, defaults=defaults, limits=limits, extra_args=args.inference_arg
     )

@@ -12,7 +12,7 @@ echo "==> python env ready ($(( $(date +%s) - start ))s)"
 bash tools/build-binaries.sh
 echo "==> control plane binaries ready ($(( $(date +%s) - start ))s)"
 
-echo "==> ruff"; ruff check .
+echo "==> ruff"; ruff check . && ruff format --check .
 echo "==> mypy"; mypy
 echo "==> pytest"
 set +e
