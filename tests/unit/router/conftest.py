@@ -68,7 +68,7 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-def model(name: str = "tiny", endpoints: tuple[str, ...] = ("http://10.0.0.1:8000",), **kwargs: Any) -> ModelEntry:
+def model(name: str = "tiny", endpoints: tuple[str, ...] = ("http://127.0.9.1:8000",), **kwargs: Any) -> ModelEntry:
     return ModelEntry(name=name, endpoints=endpoints, **kwargs)
 
 

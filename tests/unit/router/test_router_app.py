@@ -14,7 +14,7 @@ from kubediffusion.api.limits import GenerationLimits
 from kubediffusion.router.discovery import StaticDiscovery
 from kubediffusion.router.routing import ModelEntry, RoutingTable
 
-A, B = "http://10.0.0.1:8000", "http://10.0.0.2:8000"
+A, B = "http://127.0.9.1:8000", "http://127.0.9.2:8000"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 
 

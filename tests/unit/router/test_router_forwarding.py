@@ -8,7 +8,7 @@ from kubediffusion.router.balancer import Balancer
 from kubediffusion.router.forwarding import Forwarder, is_retryable_error, is_retryable_status
 from kubediffusion.router.routing import ModelEntry
 
-A, B, C = "http://10.0.0.1:8000", "http://10.0.0.2:8000", "http://10.0.0.3:8000"
+A, B, C = "http://127.0.9.1:8000", "http://127.0.9.2:8000", "http://127.0.9.3:8000"
 REQ = httpx.Request("POST", A)
 
 
@@ -56,7 +56,7 @@ def make(
 
 async def test_connection_failure_is_retried_on_another_pod() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.host == "10.0.0.1":
+        if request.url.host == "127.0.9.1":
             raise httpx.ConnectError("refused", request=request)
         return httpx.Response(200, content=b"ok")
 
@@ -67,7 +67,7 @@ async def test_connection_failure_is_retried_on_another_pod() -> None:
 
 
 async def test_busy_pod_429_then_other_pod_answers() -> None:
-    forwarder, entry, seen = make(lambda r: httpx.Response(429 if r.url.host == "10.0.0.1" else 200))
+    forwarder, entry, seen = make(lambda r: httpx.Response(429 if r.url.host == "127.0.9.1" else 200))
     assert (await forwarder.forward(entry, b"{}", {})).status_code == 200
     assert seen == [A, B]
 

@@ -60,7 +60,7 @@ def test_bad_static_config_says_what_is_wrong(data: Any) -> None:
 
 def pod(
     model: str,
-    ip: str | None = "10.0.0.1",
+    ip: str | None = "127.0.9.1",
     *,
     ready: bool | None = True,
     ns: str = "default",
@@ -86,7 +86,7 @@ def pod(
 
 
 def test_a_ready_pod_is_an_endpoint_on_its_http_port() -> None:
-    assert pod_endpoint(pod("tiny", "10.0.0.1")) == ("tiny", "http://10.0.0.1:8000")
+    assert pod_endpoint(pod("tiny", "127.0.9.1")) == ("tiny", "http://127.0.9.1:8000")
 
 
 @pytest.mark.parametrize(
@@ -107,12 +107,12 @@ def test_a_pod_that_must_get_no_requests_is_no_endpoint_but_keeps_its_model(obj:
 def test_the_port_named_http_in_any_container_else_the_only_port_else_8000() -> None:
     sidecar = {"name": "sidecar", "ports": [{"name": "metrics", "containerPort": 9090}]}
     named = {"name": "inference", "ports": [{"containerPort": 7000}, {"name": "http", "containerPort": 9000}]}
-    assert pod_endpoint(pod("x", containers=[sidecar, named]))[1] == "http://10.0.0.1:9000"
+    assert pod_endpoint(pod("x", containers=[sidecar, named]))[1] == "http://127.0.9.1:9000"
     only = {"name": "inference", "ports": [{"containerPort": 7000}]}
-    assert pod_endpoint(pod("x", containers=[only]))[1] == "http://10.0.0.1:7000"
-    assert pod_endpoint(pod("x", containers=[{"name": "inference"}]))[1] == "http://10.0.0.1:8000"
+    assert pod_endpoint(pod("x", containers=[only]))[1] == "http://127.0.9.1:7000"
+    assert pod_endpoint(pod("x", containers=[{"name": "inference"}]))[1] == "http://127.0.9.1:8000"
     two = {"name": "inference", "ports": [{"containerPort": 7000}, {"containerPort": 7001}]}
-    assert pod_endpoint(pod("x", containers=[two]))[1] == "http://10.0.0.1:8000"
+    assert pod_endpoint(pod("x", containers=[two]))[1] == "http://127.0.9.1:8000"
 
 
 def test_an_ipv6_pod_address_is_bracketed() -> None:
@@ -189,15 +189,15 @@ def test_table_joins_models_with_their_pods_by_namespace_and_model_label() -> No
     tiny = {"source": {"tiny": {}}}
     models = {("a", "tiny"): imagemodel("tiny", tiny, ns="a"), ("b", "other"): imagemodel("other", tiny, ns="b")}
     pods = {
-        ("a", "p1"): pod_endpoint(pod("tiny", "10.0.0.2", ns="a", name="p1")),
-        ("a", "p2"): pod_endpoint(pod("tiny", "10.0.0.1", ns="a", name="p2")),
-        ("a", "p3"): pod_endpoint(pod("tiny", "10.0.0.3", ns="a", name="p3", ready=False)),
-        ("a", "p4"): pod_endpoint(pod("other", "10.0.0.4", ns="a", name="p4")),  # other's name, wrong namespace
-        ("b", "p5"): pod_endpoint(pod("tiny", "10.0.0.9", ns="b", name="p5")),  # tiny's name, wrong namespace
-        ("b", "p6"): pod_endpoint(pod("other", "10.0.0.6", ns="b", name="p6", terminating=True)),
+        ("a", "p1"): pod_endpoint(pod("tiny", "127.0.9.2", ns="a", name="p1")),
+        ("a", "p2"): pod_endpoint(pod("tiny", "127.0.9.1", ns="a", name="p2")),
+        ("a", "p3"): pod_endpoint(pod("tiny", "127.0.9.3", ns="a", name="p3", ready=False)),
+        ("a", "p4"): pod_endpoint(pod("other", "127.0.9.4", ns="a", name="p4")),  # other's name, wrong namespace
+        ("b", "p5"): pod_endpoint(pod("tiny", "127.0.9.9", ns="b", name="p5")),  # tiny's name, wrong namespace
+        ("b", "p6"): pod_endpoint(pod("other", "127.0.9.6", ns="b", name="p6", terminating=True)),
     }
     table = build_table(models, pods)
-    assert table.resolve("tiny").endpoints == ("http://10.0.0.1:8000", "http://10.0.0.2:8000")
+    assert table.resolve("tiny").endpoints == ("http://127.0.9.1:8000", "http://127.0.9.2:8000")
     assert table.resolve("other").endpoints == ()
     assert len(build_table({}, pods)) == 0  # pods without an ImageModel route nowhere
 
