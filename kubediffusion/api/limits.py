@@ -11,12 +11,12 @@ import re
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-SIZE_PATTERN = re.compile(r"^([1-9][0-9]{0,4})x([1-9][0-9]{0,4})$")
+SIZE_PATTERN = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})")
 
 
 def parse_size(size: str) -> tuple[int, int]:
     """``"1024x768"`` -> ``(1024, 768)``; ValueError when it is not ``WxH``."""
-    match = SIZE_PATTERN.match(size)
+    match = SIZE_PATTERN.fullmatch(size)  # not match + "$": that lets a trailing newline through
     if match is None:
         raise ValueError(f"size must look like WIDTHxHEIGHT (for example 1024x1024), got {size!r}")
     return int(match.group(1)), int(match.group(2))

@@ -100,7 +100,7 @@ def parse_generation_request(body: bytes, content_type: str | None) -> ImageGene
         )
     try:
         payload: Any = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # RecursionError: nested too deep
         raise InvalidRequestError(
             "We could not parse the JSON body of your request. The body must be valid JSON.", code="invalid_json"
         ) from None

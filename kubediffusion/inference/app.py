@@ -27,6 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from kubediffusion.api.disconnect import await_unless_disconnected
 from kubediffusion.api.errors import (
     APIError,
     InvalidRequestError,
@@ -57,7 +58,6 @@ log = logging.getLogger(__name__)
 
 Phase = Literal["loading", "warming", "ready", "failed"]
 NOT_READY_RETRY_AFTER = 5.0
-DISCONNECT_POLL_S = 0.2
 WARMUP_MAX_STEPS = 2
 
 
@@ -214,7 +214,7 @@ def create_app(
             batcher = holder["batcher"]
             base = params.seed if params.seed is not None else secrets.randbelow(MAX_SEED - 64)
             job = ImageJob(params=params, seeds=tuple(base + i for i in range(params.n)))
-            encoded = await _await_unless_disconnected(request, batcher.submit(job))
+            encoded = await await_unless_disconnected(request, batcher.submit(job))  # gone: dropped from the queue
         except APIError as exc:
             metrics.requests.labels(_outcome(exc)).inc()
             raise
@@ -308,24 +308,6 @@ def create_app(
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return app
-
-
-async def _await_unless_disconnected(request: Request, work: Any) -> list[str] | None:
-    """Await ``work``; if the client goes away first, cancel it (dropping it from the queue) -> None."""
-    task: asyncio.Task[list[str]] = asyncio.ensure_future(work)
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
-            if done:
-                return task.result()
-            if await request.is_disconnected():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-                return None
-    finally:
-        if not task.done():
-            task.cancel()
 
 
 def _outcome(error: APIError) -> str:

@@ -8,7 +8,8 @@ rendered once by ``install_error_handlers``.
 Request flow for ``POST /v1/images/generations``: auth -> rate limit -> parse + validate against
 the named model's defaults/limits (bad input never reaches a pod) -> forward the body bytes to the
 least busy ready pod (retrying others, see :mod:`.forwarding`) -> stream the pod's answer through
-(``b64_json``), or store the images and answer signed links (``url``).
+(``b64_json``), or store the images and answer signed links (``url``). A client that goes away
+while its pod works has its pod request closed too, so the pod drops it from its queue.
 """
 
 from __future__ import annotations
@@ -33,7 +34,14 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Receive, Scope, Send
 
-from kubediffusion.api.errors import APIError, NotFoundError, ServiceUnavailableError, install_error_handlers
+from kubediffusion.api.disconnect import await_unless_disconnected
+from kubediffusion.api.errors import (
+    APIError,
+    NotFoundError,
+    ServiceUnavailableError,
+    UpstreamTimeoutError,
+    install_error_handlers,
+)
 from kubediffusion.api.schema import ImageGenerationRequest, parse_generation_request, resolve_params
 from kubediffusion.router.auth import APIKeys
 from kubediffusion.router.balancer import Balancer
@@ -51,6 +59,7 @@ from kubediffusion.router.storage import FilesystemStore, ImageStore
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_SECONDS = 300.0
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request whose client left before the answer
 
 
 @dataclass
@@ -164,7 +173,7 @@ def create_app(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "OpenAI-Organization", "OpenAI-Project", "X-Request-ID"],
+            allow_headers=["*"],  # the OpenAI SDKs send more than these (X-Stainless-*, OpenAI-Beta, ...)
             expose_headers=["Retry-After", "X-Request-ID"],
             max_age=600,
         )
@@ -215,9 +224,15 @@ def create_app(
             resolve_params(parsed, entry.defaults, entry.limits, dict(entry.presets))
             response_format = parsed.response_format or settings.default_response_format
             assert state.forwarder is not None, "the app's lifespan is not running"
-            upstream = await state.forwarder.forward(
-                entry, upstream_body(body, parsed, entry, response_format), upstream_headers(request)
+            upstream = await await_unless_disconnected(
+                request,
+                state.forwarder.forward(
+                    entry, upstream_body(body, parsed, entry, response_format), upstream_headers(request)
+                ),
             )
+            if upstream is None:  # the client went away: its pod request was closed, so the pod drops it
+                metrics.requests.labels(label, str(CLIENT_CLOSED_REQUEST)).inc()
+                return Response(status_code=CLIENT_CLOSED_REQUEST)
             metrics.duration.labels(label).observe(time.perf_counter() - started)
             metrics.requests.labels(label, str(upstream.status_code)).inc()
             if response_format == "url" and upstream.status_code == 200:
@@ -305,7 +320,12 @@ class PassthroughResponse(StreamingResponse):
 
 
 async def _store_and_link(state: RouterState, upstream: Upstream, base_url: str) -> JSONResponse:
-    raw = await upstream.aread()
+    try:
+        raw = await upstream.aread()
+    except httpx.TimeoutException:
+        raise UpstreamTimeoutError("The model server stopped sending its answer in time.") from None
+    except httpx.HTTPError:
+        raise BadGatewayError("The model server's answer broke off before its end.") from None
     try:
         payload = json.loads(raw)
         items = payload["data"]

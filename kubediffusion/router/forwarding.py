@@ -6,12 +6,14 @@ Retry rules (one place, unit-tested):
   before answering (it died, or closed an idle keep-alive connection): eject it for a few seconds
   and try another pod;
 * the pod answered 429 (queue full) or 503 (not ready): try another pod; if every attempt ends
-  like this, the last such answer is passed through (it carries the pod's Retry-After);
+  like this, the last such answer is passed through (it carries the pod's Retry-After); a pod
+  that broke off while sending such an answer counts as unreachable;
 * a read timeout is not retried by default (the pod may still be generating: retrying would
   multiply GPU work) and becomes 504; ``retry_read_timeouts`` changes that;
 * anything else (2xx, other 4xx, 500) is passed through as is.
 
-At most ``max_attempts`` pods are tried and no pod twice for one request. No ready pod at all is a
+At most ``max_attempts`` pods are tried and no pod twice for one request; a cancelled forward (its
+client went away) lets go of its pod at once. No ready pod at all is a
 503 with Retry-After. The response body is never decoded here: :class:`Upstream` streams the pod's
 bytes through and keeps the pod counted as busy until the last byte has been sent.
 """
@@ -153,13 +155,23 @@ class Forwarder:
                 if not retry:
                     break
                 continue
+            except BaseException:  # cancelled (the client went away, or shutdown): the pod is not busy for us
+                lease.release()
+                raise
             upstream = Upstream(
                 response.status_code, _passthrough_headers(response.headers), endpoint, response=response, lease=lease
             )
             self._on_attempt(model.name, str(response.status_code))
             if not is_retryable_status(response.status_code):
                 return upstream
-            await upstream.aread()  # a small error envelope; keep it in case every pod says the same
+            try:
+                await upstream.aread()  # a small error envelope; keep it in case every pod says the same
+            except httpx.HTTPError as exc:  # it failed while refusing: no work was started, try another
+                last_error = exc
+                if ejects_endpoint(exc):
+                    self._balancer.eject(endpoint)
+                log.warning("pod %s of model %s failed: %s: %s", endpoint, model.name, type(exc).__name__, exc)
+                continue
             log.info("pod %s of model %s answered %d; trying another", endpoint, model.name, response.status_code)
             last_rejection = upstream
         if last_rejection is not None:

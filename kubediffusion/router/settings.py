@@ -30,7 +30,7 @@ class RouterSettings(BaseSettings):
     watch_timeout_seconds: int = Field(default=30, ge=1)  # server-side watch timeout before a re-watch
 
     # Auth, limits, CORS
-    api_keys_file: Path | None = None  # one key per line; no file (or an empty one) = auth off
+    api_keys_file: Path | None = None  # one key per line; unset = auth off; set but empty/missing = all refused
     rate_limit_rps: float = Field(default=10.0, ge=0)  # per API key (or client IP); 0 = off
     rate_limit_burst: int = Field(default=25, ge=1)
     global_rate_limit_rps: float = Field(default=200.0, ge=0)  # whole router; 0 = off

@@ -20,6 +20,7 @@ from kubediffusion.router.errors import ExpiredURLError, InvalidSignatureError
 
 ID_BYTES = 16
 ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+EXPIRES_PATTERN = re.compile(r"[0-9]{1,12}")  # ASCII only: str.isdigit() also accepts "²", which int() refuses
 FILES_PATH = "/v1/images/files/"
 
 
@@ -54,7 +55,7 @@ class URLSigner:
         """Raise NotFoundError (bad id), InvalidSignatureError or ExpiredURLError; return if valid."""
         if not is_valid_id(image_id):
             raise NotFoundError("No such image.", code="image_not_found")
-        if not expires or not sig or not expires.isdigit() or len(expires) > 12:
+        if not expires or not sig or EXPIRES_PATTERN.fullmatch(expires) is None:
             raise InvalidSignatureError("This image link is not signed correctly.")
         expected = self.signature(image_id, int(expires))
         if not hmac.compare_digest(expected.encode(), sig.encode("utf-8", "replace")):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import io
 import signal
+import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,7 +18,7 @@ import pytest
 from openai.types import ImagesResponse
 from PIL import Image
 
-from tests.router.stack import ALIAS, MODEL, Stack
+from tests.router.stack import ALIAS, MODEL, Stack, start_stack, stop_stack
 
 pytestmark = [pytest.mark.inference, pytest.mark.timeout(600)]
 
@@ -164,3 +167,48 @@ def test_killing_a_pod_mid_run_fails_over_then_503_when_none_is_left(own_stack: 
     assert isinstance(info.value.body, dict) and info.value.body["type"] == "server_error"
     # the router itself is still healthy
     assert httpx.get(f"{own_stack.url}/health", timeout=5).status_code == 200
+
+
+def _pod_metric(pod_url: str, name: str) -> float:
+    for line in httpx.get(f"{pod_url}/metrics", timeout=5).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"metric {name} not found")
+
+
+def test_client_that_leaves_the_router_is_dropped_from_the_pods_queue(tiny_model: Path, tmp_path: Path) -> None:
+    """The router closes its pod request when its client goes away, so the pod never generates it."""
+    stack = start_stack(tiny_model, tmp_path, pod_count=1)
+    pod = stack.pods[0]
+    busy = {"prompt": "busy", "n": 4, "size": "256x256", "num_inference_steps": 8}
+    body = b'{"prompt": "nobody waits for this", "size": "64x64"}'
+    try:
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            running = [
+                pool.submit(httpx.post, f"{pod.url}/v1/images/generations", json=busy, timeout=300) for _ in range(3)
+            ]
+            deadline = time.monotonic() + 60
+
+            def serving() -> dict[str, int]:
+                return dict(httpx.get(f"{pod.url}/info", timeout=5).json()["serving"])
+
+            while serving()["queuedImages"] != 8:  # one busy batch runs, two wait
+                assert time.monotonic() < deadline, serving()
+                time.sleep(0.02)
+            host, port = stack.url.removeprefix("http://").split(":")
+            with socket.create_connection((host, int(port))) as client:
+                client.sendall(
+                    b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
+                while serving()["queuedImages"] < 9:
+                    assert time.monotonic() < deadline, "the router's request never reached the pod's queue"
+                    time.sleep(0.02)
+            while _pod_metric(pod.url, 'kubediffusion_inference_requests_total{outcome="disconnected"}') != 1.0:
+                assert time.monotonic() < deadline, "the pod still holds the request of a client that left"
+                time.sleep(0.05)
+            assert all(future.result().status_code == 200 for future in running)
+        assert _pod_metric(pod.url, "kubediffusion_inference_images_total") == 12.0  # only the busy ones
+    finally:
+        stop_stack(stack)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from typing import Any
@@ -185,6 +186,39 @@ async def test_garbled_pod_answer_for_url_is_502(router: Any, pods: Any) -> None
     assert_envelope(response, 502, "bad_upstream_response")
 
 
+class _BrokenBody(httpx.AsyncByteStream):
+    """A pod body that fails half-way (the pod died, or stalled past the read timeout)."""
+
+    def __init__(self, error: type[httpx.TransportError]) -> None:
+        self.error = error
+
+    async def __aiter__(self) -> Any:
+        yield b'{"created": 1, "data": [{"b64_json": "'
+        raise self.error("pod went away mid-body")
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [(httpx.ReadError, 502, "bad_upstream_response"), (httpx.ReadTimeout, 504, "upstream_timeout")],
+)
+async def test_pod_failing_mid_body_is_a_gateway_error_not_a_500(
+    router: Any, pods: Any, error: type[httpx.TransportError], status: int, code: str
+) -> None:
+    pods.behaviour[A] = lambda r: httpx.Response(200, stream=_BrokenBody(error))
+    async with router() as client:
+        response = await client.post("/v1/images/generations", json={"prompt": "x", "response_format": "url"})
+        assert client.app.state.router.balancer.in_flight(A) == 0
+    assert_envelope(response, status, code)
+
+
+async def test_pod_failing_while_sending_a_429_body_means_trying_another_pod(router: Any, pods: Any) -> None:
+    pods.behaviour[A] = lambda r: httpx.Response(429, stream=_BrokenBody(httpx.ReadError))
+    async with router([entry(endpoints=(A, B))]) as client:
+        response = await client.post("/v1/images/generations", json={"prompt": "x"})
+    assert response.status_code == 200, response.text
+    assert pods.hits() == 2
+
+
 async def test_body_over_the_limit_is_413(router: Any, pods: Any) -> None:
     big = json.dumps({"prompt": "x" * 5000}).encode()
 
@@ -225,6 +259,26 @@ async def test_cors_preflight_and_headers_for_configured_origins(router: Any) ->
     assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
     assert allowed.headers["access-control-allow-origin"] == "https://app.example"
     assert "access-control-allow-origin" not in other.headers
+
+
+async def test_cors_preflight_allows_the_headers_the_openai_js_client_sends(router: Any) -> None:
+    """openai-node (in a browser, dangerouslyAllowBrowser) adds X-Stainless-* headers to every request."""
+    sdk_headers = (
+        "authorization,content-type,accept,x-stainless-lang,x-stainless-package-version,x-stainless-os,"
+        "x-stainless-arch,x-stainless-runtime,x-stainless-runtime-version,x-stainless-retry-count,"
+        "x-stainless-timeout"
+    )
+    async with router(cors_origins=["https://app.example"]) as client:
+        preflight = await client.options(
+            "/v1/images/generations",
+            headers={
+                "Origin": "https://app.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": sdk_headers,
+            },
+        )
+    assert preflight.status_code == 200, preflight.text
+    assert preflight.headers["access-control-allow-origin"] == "https://app.example"
 
 
 async def test_no_cors_headers_unless_configured(router: Any) -> None:
@@ -296,3 +350,56 @@ async def test_errors_before_the_route_still_carry_cors_headers(router: Any) -> 
         )
     assert response.status_code == 413
     assert response.headers["access-control-allow-origin"] == "https://app.example"
+
+
+async def test_client_that_disconnects_while_the_pod_works_cancels_the_pod_request(router: Any, pods: Any) -> None:
+    """The pod drops a request whose connection closes (its queue slot and GPU work are freed), so
+    the router must close its pod request when its own client goes away, and count the pod idle."""
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def slow_pod(request: httpx.Request) -> httpx.Response:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return httpx.Response(200, json={"created": 1, "data": []})
+
+    pods.behaviour[A] = slow_pod
+    async with router() as client:
+        app = client.app
+        disconnected = asyncio.Event()
+        messages: list[dict[str, Any]] = [{"type": "http.request", "body": b'{"prompt": "x"}', "more_body": False}]
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            if messages:
+                return messages.pop(0)
+            await disconnected.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/v1/images/generations",
+            "raw_path": b"/v1/images/generations",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"content-type", b"application/json"), (b"host", b"router.test")],
+            "client": ("127.0.0.1", 1234),
+            "server": ("router.test", 80),
+        }
+        call = asyncio.create_task(app(scope, receive, send))
+        await asyncio.wait_for(started.wait(), 5)
+        assert app.state.router.balancer.in_flight(A) == 1
+        disconnected.set()
+        await asyncio.wait_for(call, 5)
+        assert cancelled.is_set()
+        assert app.state.router.balancer.in_flight(A) == 0

@@ -70,3 +70,30 @@ async def test_app_requires_a_key_but_health_readyz_metrics_are_open(
     assert wrong.json()["error"]["code"] == "invalid_api_key"
     assert right.status_code == 200
     assert "sk-right" not in caplog.text and "sk-bad" not in caplog.text
+
+
+@pytest.mark.parametrize("content", ["", "# all keys removed\n\n", None], ids=["empty", "comments only", "missing"])
+def test_a_configured_key_file_without_keys_refuses_everyone(
+    tmp_path: Path, content: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Auth configured (the chart's auth.enabled) but an empty or absent Secret must fail closed, not open."""
+    path = tmp_path / "keys"
+    if content is not None:
+        path.write_text(content)
+    with caplog.at_level(logging.WARNING):
+        keys = APIKeys(path)
+        for header in (None, "Bearer anything"):
+            with pytest.raises(AuthenticationError):
+                keys.authenticate(header)
+    assert "refused" in caplog.text
+    assert caplog.text.count(str(path)) == 1  # said once, not once per request
+
+
+def test_keys_written_into_an_emptied_file_are_picked_up(tmp_path: Path) -> None:
+    path = tmp_path / "keys"
+    path.write_text("")
+    keys = APIKeys(path)
+    with pytest.raises(AuthenticationError):
+        keys.authenticate("Bearer sk-new")
+    path.write_text("sk-new\n")
+    assert keys.authenticate("Bearer sk-new")

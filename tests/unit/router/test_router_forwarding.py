@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 
@@ -120,4 +122,25 @@ async def test_a_pod_stays_counted_busy_until_its_body_is_consumed() -> None:
     upstream = await forwarder.forward(ModelEntry(name="m", endpoints=(A,)), b"{}", {})
     assert balancer.in_flight(A) == 1
     assert b"".join([chunk async for chunk in upstream.aiter_raw()]) == b"x" * 10
+    assert balancer.in_flight(A) == 0
+
+
+async def test_a_cancelled_forward_releases_its_pod() -> None:
+    """A request cancelled while the pod works (its client went away) must not stay counted in flight."""
+    started = asyncio.Event()
+
+    async def never_answers(request: httpx.Request) -> httpx.Response:
+        started.set()
+        await asyncio.sleep(60)
+        raise AssertionError("not reached")
+
+    balancer = Balancer()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(never_answers)) as client:
+        forwarder = Forwarder(client, balancer)
+        task = asyncio.create_task(forwarder.forward(ModelEntry(name="m", endpoints=(A,)), b"{}", {}))
+        await asyncio.wait_for(started.wait(), 5)
+        assert balancer.in_flight(A) == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
     assert balancer.in_flight(A) == 0

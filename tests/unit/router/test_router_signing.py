@@ -81,3 +81,10 @@ def test_ids_that_are_not_random_hex_are_not_found(image_id: str) -> None:
 def test_short_keys_are_refused() -> None:
     with pytest.raises(ValueError, match="16 bytes"):
         URLSigner(b"short", ttl_seconds=1)
+
+
+@pytest.mark.parametrize("expires", ["\u00b2", "\u0663" * 10, "\uff11\uff12\uff13"])  # superscript, Arabic, fullwidth
+def test_non_ascii_digits_in_expires_are_a_bad_signature_not_a_crash(expires: str) -> None:
+    """str.isdigit() accepts these, int() refuses some of them: a 403, never a 500."""
+    with pytest.raises(InvalidSignatureError):
+        signer().verify(new_image_id(), expires, "0" * 64)
