@@ -28,6 +28,7 @@ from kubediffusion.fetch import sources
 
 MARKER = ".kubediffusion-complete.json"
 EXIT_FAILED = 1  # may succeed on retry (network, 5xx)
+SUMMARY_LIMIT = 4000  # characters of the termination message (the kubelet keeps 4096 bytes)
 EXIT_PERMANENT = 2  # will not (404, bad or unsafe archive): the Job fails without retrying
 log = logging.getLogger("kubediffusion.fetch")
 
@@ -76,6 +77,7 @@ def read_marker(dest: Path) -> dict[str, Any] | None:
 
 def fetch(dest: Path, source: str, fetcher: Callable[[Path], str]) -> dict[str, Any]:
     """Fill ``dest`` from ``source`` unless its marker says it already holds it; returns the marker."""
+    _remove_leftovers(dest)
     marker = read_marker(dest)
     if marker is not None and marker.get("source") == source:
         log.info("%s already holds %s (revision %s): nothing to do", dest, source, marker.get("revision"))
@@ -99,6 +101,25 @@ def fetch(dest: Path, source: str, fetcher: Callable[[Path], str]) -> dict[str, 
     return {**marker, "cached": False}
 
 
+def _remove_leftovers(dest: Path) -> None:
+    """Staging, swapped-out and download files of an earlier run that was killed (OOM, eviction, preemption).
+
+    Its ``finally`` never ran, so without this every killed attempt would leave a partial copy of the model
+    on the volume, and the retry would run out of space. The Job runs one pod at a time (a replacement
+    pod starts once the old one is gone), so nothing else is writing these.
+    """
+    if not dest.parent.is_dir():
+        return
+    patterns = (f".{dest.name}.staging-*", f".{dest.name}.old-*", f"{sources.DOWNLOAD_PREFIX}*")
+    for pattern in patterns:
+        for leftover in dest.parent.glob(pattern):
+            log.info("removing %s, left by an earlier run that did not finish", leftover)
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+
+
 def _swap_into_place(staging: Path, dest: Path) -> None:
     """Replace ``dest`` with ``staging``; readers never see a half-written directory under ``dest``."""
     old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
@@ -108,11 +129,33 @@ def _swap_into_place(staging: Path, dest: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _fit(summary: dict[str, Any]) -> str:
+    """``summary`` as JSON of at most SUMMARY_LIMIT characters: long strings are shortened, never the JSON
+    (the operator parses it for the status). The source first (to 200 characters), then the error."""
+
+    def dumps(value: dict[str, Any]) -> str:
+        return json.dumps(value, separators=(",", ":"))
+
+    for key, floor in (("source", 200), ("error", 0), ("source", 0)):
+        value = summary.get(key)
+        if len(dumps(summary)) <= SUMMARY_LIMIT or not isinstance(value, str) or len(value) <= floor:
+            continue
+        low, high = floor, len(value)  # the longest prefix that fits (escaping makes some characters longer)
+        while low < high:
+            mid = (low + high + 1) // 2
+            if len(dumps({**summary, key: value[:mid] + "..."})) <= SUMMARY_LIMIT:
+                low = mid
+            else:
+                high = mid - 1
+        summary = {**summary, key: value[:low] + "..."}
+    return dumps(summary)
+
+
 def _write_summary(path: Path | None, summary: dict[str, Any]) -> None:
     if path is None:
         return
     try:  # the kubelet keeps at most 4 KiB of it
-        path.write_text(json.dumps(summary, separators=(",", ":"))[:4000], encoding="utf-8")
+        path.write_text(_fit(summary), encoding="utf-8")
     except OSError as exc:
         log.warning("could not write the termination message to %s: %s", path, exc)
 

@@ -20,6 +20,7 @@ import httpx
 from kubediffusion.fetch.archive import archive_suffix, extract, model_root
 
 CHUNK = 1 << 20
+DOWNLOAD_PREFIX = ".download-"  # archives are downloaded next to the staging directory
 
 
 class FetchError(RuntimeError):
@@ -73,7 +74,7 @@ def fetch_http(url: str, staging: Path) -> str:
     name = urlparse(url).path.rsplit("/", 1)[-1]
     if archive_suffix(name) is None:
         raise FetchError(f"{url}: not a .tar.gz, .tgz, .tar or .zip archive", permanent=True)
-    fd, tmp = tempfile.mkstemp(prefix=".download-", dir=staging.parent)
+    fd, tmp = tempfile.mkstemp(prefix=DOWNLOAD_PREFIX, dir=staging.parent)
     os.close(fd)
     try:
         revision = _download(url, Path(tmp))

@@ -4,9 +4,10 @@ One reconcile serves create, update and resume (react to changes at once), event
 (a crash or a finished cache Job shows in status at once) and a timer (level-triggered resync that also
 corrects drift). Waiting is an exception: while a model converges the *timer* raises
 ``kopf.TemporaryError(delay=poll_seconds)``, so a new model has one polling loop; create/resume handlers
-apply once and leave the waiting to it, an update handler follows its own rollout (the timer of a settled
-model sleeps until the next resync). A refused spec is ``kopf.PermanentError`` (no retry storm); the
-timer still looks at it every resync, so creating a missing Secret heals it.
+apply once and leave the waiting to it, an update handler follows its own rollout until the timer of a
+settled model wakes at the next resync and takes over (see :func:`follows_update`). A refused spec is
+``kopf.PermanentError`` (no retry storm); the timer still looks at it every resync, so creating a missing
+Secret heals it.
 
 Handlers are sync (kopf runs them in a thread pool) with the sync kubernetes client; a per-model lock
 keeps the timer and a change handler from reconciling the same model at once.
@@ -45,6 +46,20 @@ class _Locks:
 
 def _post(body: Mapping[str, Any], event: Event) -> None:
     kopf.event(dict(body), type=event.type, reason=event.reason, message=event.message)  # type: ignore[arg-type]
+
+
+def follows_update(outcome: Outcome | None, retry: int, config: OperatorSettings) -> bool:
+    """Whether the update handler polls again (raises TemporaryError) after its ``retry``-th attempt.
+
+    On create/resume the timer starts at once and polls; after an update of a settled model it sleeps
+    until the next resync, so the update handler follows the rollout itself, but only until then: the
+    timer has run by then and polls a converging model itself. Each retry of a change handler is a patch
+    of the ImageModel (kopf keeps its progress in annotations), so an endless one (a Degraded model, an
+    hour-long download) would churn the object every poll for every watcher.
+    """
+    if outcome is None or not outcome.converging:
+        return False
+    return (retry + 1) * config.poll_seconds <= config.resync_seconds
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
@@ -92,6 +107,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
         namespace: str | None,
         name: str,
         reason: str,
+        retry: int,
         logger: logging.Logger | logging.LoggerAdapter[Any],
         **_: Any,
     ) -> None:
@@ -99,9 +115,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
         if outcome is None:
             return
         logger.info("reconciled: %s %s", outcome.phase, outcome.message)
-        # On create/resume the timer starts at once and polls; after an update of a settled model it
-        # sleeps until the next resync, so this handler follows the rollout itself.
-        if reason == "update" and outcome.converging:
+        if reason == "update" and follows_update(outcome, retry, config):
             raise kopf.TemporaryError(f"{outcome.phase}: {outcome.message}", delay=config.poll_seconds)
 
     @kopf.on.event(

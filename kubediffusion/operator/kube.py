@@ -113,13 +113,13 @@ class Kube:
         items: list[Obj] = answer.get("items") or []
         return items
 
-    def delete(self, kind: str, namespace: str, name: str) -> None:
-        """Delete (background propagation: the garbage collector removes dependents); absent is fine."""
+    def delete(self, kind: str, namespace: str, name: str, *, propagation: str = "Background") -> None:
+        """Delete; the garbage collector removes dependents (``Foreground``: before the object goes). Absent is fine."""
         try:
             self._request(
                 "DELETE",
                 self._item(kind, namespace, name),
-                body={"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"},
+                body={"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": propagation},
             )
         except KubeError as exc:
             if exc.status != 404:

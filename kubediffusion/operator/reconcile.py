@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 APPLY_REJECTED = "ApplyRejected"
 CONVERGING_PHASES = frozenset({"Pending", "Caching", "Loading", "Degraded"})
+SETTLED_REASONS = frozenset({status.SCALED_TO_ZERO, APPLY_REJECTED})
 
 
 class Refused(Exception):
@@ -47,10 +48,13 @@ class Refused(Exception):
 class Outcome:
     phase: str
     message: str
+    reason: str = ""  # why the phase: the Degraded condition's reason when Degraded, else the Ready one's
 
     @property
     def converging(self) -> bool:
-        return self.phase in CONVERGING_PHASES
+        # Pending with spec.replicas 0, or Degraded because the API server refuses what the spec asks for,
+        # is settled: nothing changes until someone edits the spec (pod events and the resync still look).
+        return self.phase in CONVERGING_PHASES and self.reason not in SETTLED_REASONS
 
 
 def utc_now() -> str:
@@ -90,13 +94,15 @@ def reconcile(
 
     if refused is not None or spec is None:
         failure = refused or status.Failure(status.INVALID_SPEC, "spec could not be parsed")
+        # Nothing is applied, but pods of an earlier spec may still serve: readyReplicas says so.
+        deployment = kube.get("Deployment", namespace, names.deployment_name(name))
         new = status.derive_status(
             spec,
             name=name,
             namespace=namespace,
             generation=generation,
             volume=None,
-            observed=status.Observed(),
+            observed=status.Observed(deployment=deployment),
             refused=failure,
             previous=previous,
             now=now(),
@@ -106,7 +112,7 @@ def reconcile(
 
     ctx = Context(owner=owner, image=spec.image or settings.inference_image, hardware=hardware)
     volume = cache_volume(spec, name)
-    observed, rejected = _apply_children(kube, spec, ctx, volume)
+    observed, rejected = _apply_children(kube, spec, ctx, volume, previous.get("cache"))
     new = status.derive_status(
         spec,
         name=name,
@@ -121,8 +127,10 @@ def reconcile(
     if rejected is not None and new["phase"] != "Failed":
         new = _degrade(new, rejected, generation, now())
     _write_status(kube, body, previous, new, post_event)
-    ready: dict[str, Any] = next((c for c in new["conditions"] if c["type"] == "Ready"), {})
-    return Outcome(new["phase"], str(ready.get("message", "")))
+    conditions = {c["type"]: c for c in new["conditions"]}
+    ready: dict[str, Any] = conditions.get("Ready", {})
+    why = conditions.get("Degraded", {}) if new["phase"] == "Degraded" else ready
+    return Outcome(new["phase"], str(ready.get("message", "")), str(why.get("reason", "")))
 
 
 def _check_secret(kube: Kube, spec: ImageModelSpec, namespace: str) -> status.Failure | None:
@@ -163,7 +171,9 @@ def _observe_job(kube: Kube, desired: Mapping[str, Any] | None) -> tuple[Any, li
     stale_template = annotations.get(names.TEMPLATE_HASH_ANNOTATION) != wanted[names.TEMPLATE_HASH_ANNOTATION]
     if stale_key or (stale_template and not complete):
         log.info("replacing cache Job %s/%s (source or template changed)", meta["namespace"], meta["name"])
-        kube.delete("Job", meta["namespace"], meta["name"])
+        # Foreground: the Job (and so its replacement) waits until its pods are gone, so two fetch-model
+        # pods never write the same volume at once.
+        kube.delete("Job", meta["namespace"], meta["name"], propagation="Foreground")
         return None, [], True
     uid = job["metadata"]["uid"]
     pods = kube.list("Pod", meta["namespace"], {"batch.kubernetes.io/controller-uid": uid})
@@ -171,7 +181,7 @@ def _observe_job(kube: Kube, desired: Mapping[str, Any] | None) -> tuple[Any, li
 
 
 def _apply_children(
-    kube: Kube, spec: ImageModelSpec, ctx: Context, volume: CacheVolume
+    kube: Kube, spec: ImageModelSpec, ctx: Context, volume: CacheVolume, previous_cache: Mapping[str, Any] | None
 ) -> tuple[status.Observed, status.Failure | None]:
     ns, name = ctx.owner.namespace, ctx.owner.name
     rejected: list[status.Failure] = []
@@ -194,7 +204,7 @@ def _apply_children(
     if desired_job is not None and not replaced and (job is None or not status.is_true(job, "Complete")):
         job = apply(desired_job)  # an unchanged Job re-applies as a no-op
     observed = status.Observed(claim=claim, job=job, job_pods=job_pods)
-    cache = status.cache_state(spec, volume, observed)
+    cache = status.cache_state(spec, volume, observed, previous_cache)
     apply(build_service(spec, ctx.owner))
     deployment = apply(build_deployment(spec, ctx, replicas=spec.replicas if cache.ready else 0))
     pods = kube.list("Pod", ns, names.selector(name)) if deployment is not None else []
@@ -227,10 +237,25 @@ def _write_status(
     post_event: EventSink,
 ) -> None:
     if _strip(new) != _strip(previous):
-        # Merge patch: a None value removes a field that no longer applies.
-        kube.patch_status(body["metadata"]["namespace"], body["metadata"]["name"], new)
+        kube.patch_status(body["metadata"]["namespace"], body["metadata"]["name"], status_patch(previous, new))
     for event in status.transitions(previous, new):
         post_event(body, event)
+
+
+def status_patch(previous: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """A merge patch that turns ``previous`` into ``new``: None for every key ``new`` no longer has.
+
+    Merge patches merge nested objects, so a key missing from ``new`` (e.g. ``cache.revision`` after a
+    change of source) would otherwise survive from ``previous``. Lists are replaced whole.
+    """
+    out: dict[str, Any] = {key: None for key in previous if key not in new}
+    for key, value in new.items():
+        old = previous.get(key)
+        if isinstance(value, Mapping) and isinstance(old, Mapping):
+            out[key] = status_patch(old, value)
+        else:
+            out[key] = value
+    return out
 
 
 def _strip(value: Any) -> Any:

@@ -47,6 +47,9 @@ AVAILABLE = "MinimumReplicasAvailable"
 READY = "Ready"
 AS_EXPECTED = "AsExpected"
 
+# The scheduler's words for a pod whose Immediate-binding claim has no volume yet (PVCPending, not Unschedulable).
+UNBOUND_CLAIMS = "unbound immediate PersistentVolumeClaims"
+
 WARNING_PHASES = frozenset({"Degraded", "Failed"})
 
 
@@ -216,11 +219,17 @@ def cache_state(
     key = spec.source.cache_key()
     info["key"] = key
     job = observed.job
+    prev = previous if previous and previous.get("key") == key else {}
+    if prev.get("completedAt") and not is_true(job, "Complete") and not is_true(job, "Failed"):
+        # These weights were cached before and the finished Job has been deleted since (by hand, or a
+        # cleanup policy for finished Jobs): its re-run finds the marker at once. Pods keep serving meanwhile.
+        info.update({k: prev[k] for k in ("revision", "bytes", "completedAt") if k in prev})
+        msg = f"weights cached in {volume.claim_name} (a new cache Job checks them)"
+        return CacheState(True, DOWNLOADED, msg, "", None, info)
     if job is None:
         return CacheState(False, CACHE_PENDING, "creating the cache Job", "Pending", None, info)
     if is_true(job, "Complete"):
         summary = _summary(observed.job_pods, "Succeeded")
-        prev = previous if previous and previous.get("key") == key else {}
         for wire in ("revision", "bytes"):
             value = summary.get(wire, prev.get(wire))
             if value is not None:
@@ -233,10 +242,12 @@ def cache_state(
     if is_true(job, "Failed"):
         failure = _job_failure(job, observed.job_pods)
         return CacheState(False, failure.reason, failure.message, "Failed", failure, info)
-    if claim_pending:
+    problem = pod_problem(observed.job_pods)
+    # A WaitForFirstConsumer claim stays Pending until the Job's pod is scheduled: a pod that cannot be
+    # is the problem to report, unless the scheduler itself is waiting for the claim.
+    if claim_pending and (problem is None or UNBOUND_CLAIMS in problem.message):
         msg = f"PersistentVolumeClaim {volume.claim_name} is Pending (waiting for a volume)"
         return CacheState(False, PVC_PENDING, msg, "Pending", None, info)
-    problem = pod_problem(observed.job_pods)
     if problem is not None:
         return CacheState(False, problem.reason, f"cache Job: {problem.message}", "Degraded", problem, info)
     return CacheState(
@@ -260,11 +271,15 @@ def condition(
     }
 
 
-def failed_status(failure: Failure) -> tuple[str, list[tuple[str, bool, str, str]]]:
-    """Phase and conditions for a spec the operator refuses (before anything is applied)."""
+def failed_status(failure: Failure, ready: int = 0) -> tuple[str, list[tuple[str, bool, str, str]]]:
+    """Phase and conditions for a spec the operator refuses (before anything is applied).
+
+    Pods of an earlier spec may still serve (``ready`` of them): Available says so, Ready does not.
+    """
+    available = ("Available", True, AVAILABLE, f"{ready} pod(s) of an earlier spec ready")
     return "Failed", [
         ("CacheReady", False, failure.reason, failure.message),
-        ("Available", False, failure.reason, failure.message),
+        available if ready > 0 else ("Available", False, failure.reason, failure.message),
         ("Ready", False, failure.reason, failure.message),
         ("Degraded", True, failure.reason, failure.message),
     ]
@@ -298,7 +313,7 @@ def derive_status(
     failure: Failure | None
     if refused is not None or spec is None or volume is None:
         failure = refused or Failure(INVALID_SPEC, "spec could not be parsed")
-        phase, conds = failed_status(failure)
+        phase, conds = failed_status(failure, ready)
         out["cache"] = None
     else:
         cache = cache_state(spec, volume, observed, previous.get("cache"))

@@ -148,6 +148,13 @@ def test_refused_specs_fail_with_a_reason_and_other_models_still_reconcile(
     env = job["spec"]["template"]["spec"]["containers"][0]["env"]
     assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}} in env
 
+    # Refused again (the Secret is gone): nothing new is applied, but the pods it left keep serving and
+    # status says so instead of 0 ready.
+    assert raw(api_client, "DELETE", f"/api/v1/namespaces/{namespace}/secrets/hf-token")[0] == 200
+    model = wait_phase(api_client, namespace, "gated", "Failed", timeout=60, CacheReady="SecretNotFound")
+    assert model["status"]["readyReplicas"] == 1 and model["status"]["ready"] == "1/1"
+    assert condition(model, "Available")["status"] == "True"
+
 
 def _fail_pod(api: client.ApiClient, ns: str, pod: dict[str, Any], exit_code: int, message: str) -> None:
     """What a kubelet reports when fetch-model exits non-zero (kwok is not running this pod)."""
@@ -359,6 +366,60 @@ def test_new_source_replaces_the_cache_job_and_rolls_the_pods(
     assert job["spec"]["template"]["spec"]["containers"][0]["args"][-2:] == ["--tiny", "sdxl"]
     model = get_model(api_client, namespace, "resrc") or {}
     assert model["status"]["source"] == "tiny:sdxl (smoke test)"
+
+
+def test_a_new_source_leaves_no_cache_details_of_the_old_one_in_status(
+    api_client: client.ApiClient, namespace: str, operator: OperatorProcess
+) -> None:
+    # Status is written with a merge patch, which merges nested objects: fields the new status no longer
+    # has must be removed explicitly, or status.cache keeps the old download's key and completion time.
+    create_model(api_client, namespace, "moved", TINY)
+    model = wait_phase(api_client, namespace, "moved", "Ready", CacheReady="Downloaded")
+    assert {"key", "completedAt"} <= set(model["status"]["cache"])
+    pvc_source = {"tiny": None, "pvc": {"claimName": "im-moved-cache", "path": "model"}}
+    patch_model_spec(api_client, namespace, "moved", {"source": pvc_source})
+
+    def moved() -> dict[str, Any] | None:
+        model = get_model(api_client, namespace, "moved") or {}
+        status = model.get("status") or {}
+        settled = status.get("observedGeneration") == 2 and status.get("phase") == "Ready"
+        return model if settled and condition(model, "CacheReady").get("reason") == "VolumeReady" else None
+
+    model = wait_for(moved, timeout=90, interval=0.5, message="served from the pvc source")
+    assert model["status"]["cache"] == {"claimName": "im-moved-cache", "path": "/models/model"}
+
+
+def test_a_spec_the_api_server_refuses_to_apply_degrades_the_model_and_keeps_it_serving(
+    api_client: client.ApiClient, namespace: str, operator: OperatorProcess
+) -> None:
+    create_model(api_client, namespace, "shrink", TINY)
+    wait_phase(api_client, namespace, "shrink", "Ready")
+    patch_model_spec(api_client, namespace, "shrink", {"cache": {"size": "512Mi"}})  # a claim cannot shrink
+    model = wait_phase(api_client, namespace, "shrink", "Degraded", Degraded="ApplyRejected", Ready="Ready")
+    assert "PersistentVolumeClaim im-shrink-cache" in condition(model, "Degraded")["message"]
+    assert model["status"]["lastFailure"]["reason"] == "ApplyRejected"
+    assert model["status"]["ready"] == "1/1"
+
+
+def test_deleting_the_finished_cache_job_does_not_take_the_model_down(
+    api_client: client.ApiClient, namespace: str, operator: OperatorProcess
+) -> None:
+    create_model(api_client, namespace, "janitor", TINY)
+    wait_phase(api_client, namespace, "janitor", "Ready")
+    [old_job] = children(api_client, namespace, "janitor")["job"]
+    assert raw(api_client, "DELETE", f"/apis/batch/v1/namespaces/{namespace}/jobs/im-janitor-cache")[0] == 200
+
+    def rechecked() -> bool:
+        kids = children(api_client, namespace, "janitor")
+        assert kids["deployment"][0]["spec"]["replicas"] == 1, "scaled down while the weights are cached"
+        model = get_model(api_client, namespace, "janitor") or {}
+        jobs = kids["job"]
+        done = (
+            jobs and jobs[0]["metadata"]["uid"] != old_job["metadata"]["uid"] and "completionTime" in jobs[0]["status"]
+        )
+        return bool(done) and (model.get("status") or {}).get("phase") == "Ready"
+
+    wait_for(rechecked, timeout=60, interval=0.2, message="a new cache Job, the model serving all along")
 
 
 CRASH = {

@@ -24,6 +24,9 @@ VALUES_TEXT = (CHART_DIR / "values.yaml").read_text()
         ({"router": {"rateLimit": {"rpm": 600}}}, "rpm"),  # typo'd nested key
         ({"router": {"service": {"type": "ClusterIP", "port": 80, "nodePort": 30080}}}, "nodePort"),
         ({"operator": {"profiles": {"nvidia-l4": {"gpu": 1}}}}, "gpu"),  # HardwareProfile field typo
+        # Not a quantity: every model naming the profile would fail to apply its Deployment.
+        ({"operator": {"profiles": {"nvidia-l4": {"cpu": "four"}}}}, "cpu"),
+        ({"operator": {"profiles": {"nvidia-l4": {"memory": "24 GB"}}}}, "memory"),
         ({"router": {"replicas": "two"}}, "replicas"),  # wrong type
         ({"router": {"auth": {"enabled": "yes"}}}, "enabled"),
         ({"router": {"rateLimit": {"rps": -1}}}, "rps"),

@@ -238,3 +238,31 @@ def test_tiny_source_writes_the_smoke_test_pipeline(tmp_path: Path) -> None:
     assert summary["source"] == "tiny:sd" and summary["revision"] == "tiny-sd"
     code, summary = run(dest, tmp_path, "--tiny", "sd")
     assert code == 0 and summary["cached"] is True
+
+
+def test_leftovers_of_a_killed_run_are_removed(server: Server, tmp_path: Path) -> None:
+    # A pod killed mid-download (OOM, eviction) never runs its cleanup; the retry must not keep its bytes.
+    make_tar(server.root / "model.tar.gz", FAKE_MODEL)
+    cache = tmp_path / "models"
+    cache.mkdir()
+    (cache / ".model.staging-deadbeef" / "unet").mkdir(parents=True)
+    (cache / ".model.staging-deadbeef" / "unet" / "weights.bin").write_bytes(b"x" * 100)
+    (cache / ".model.old-cafecafe").mkdir()
+    (cache / ".download-abc123").write_bytes(b"partial")
+    dest = cache / "model"
+    assert main(["--dest", str(dest), "--url", server.url("model.tar.gz")]) == 0
+    assert sorted(p.name for p in cache.iterdir()) == ["model"]
+    assert (dest / MARKER).exists()
+
+
+def test_a_long_error_keeps_the_termination_message_valid_json(tmp_path: Path) -> None:
+    log = tmp_path / "termination-log"
+    url = "https://models.example/" + "é" * 1500 + ".tar.gz"  # escaped in JSON: longer than 4000 characters
+    assert (
+        main(["--dest", str(tmp_path / "model"), "--url", url.replace("https", "ftp"), "--termination-log", str(log)])
+        == 2
+    )
+    text = log.read_text()
+    assert len(text.encode()) <= 4000
+    summary = json.loads(text)
+    assert summary["error"].startswith("unsupported URL scheme") and summary["error"].endswith("...")

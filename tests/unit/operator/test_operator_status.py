@@ -144,6 +144,30 @@ CASES: list[tuple[str, ImageModelSpec, st.Observed, str, dict[str, tuple[str, st
         {"CacheReady": ("False", "Unschedulable")},
     ),
     (
+        "job pod unschedulable while its WaitForFirstConsumer claim waits for it",
+        HF,
+        st.Observed(
+            claim=claim("Pending"),
+            job=job(),
+            job_pods=[pod(phase="Pending", unschedulable="0/3 nodes are available: 3 node(s) didn't match selector")],
+        ),
+        "Degraded",
+        {"CacheReady": ("False", "Unschedulable"), "Degraded": ("True", "Unschedulable")},
+    ),
+    (
+        "job pod waits for its immediate claim",
+        HF,
+        st.Observed(
+            claim=claim("Pending"),
+            job=job(),
+            job_pods=[
+                pod(phase="Pending", unschedulable="0/3 nodes: pod has unbound immediate PersistentVolumeClaims")
+            ],
+        ),
+        "Pending",
+        {"CacheReady": ("False", "PVCPending"), "Degraded": ("False", "AsExpected")},
+    ),
+    (
         "loading",
         HF,
         st.Observed(**DONE, deployment=deployment(0), pods=[pod(), pod()]),
@@ -328,6 +352,44 @@ def test_refused_spec_is_failed_with_the_reason_everywhere() -> None:
     assert reasons(status)["CacheReady"] == ("False", "SecretNotFound")
     assert reasons(status)["Degraded"] == ("True", "SecretNotFound")
     assert status["lastFailure"]["message"] == "Secret hf not found"
+    assert reasons(status)["Available"] == ("False", "SecretNotFound")
+
+
+def test_refused_spec_still_reports_the_pods_an_earlier_spec_left_serving() -> None:
+    # Nothing new is applied for a refused spec, but the Deployment of the last good one keeps serving.
+    status = st.derive_status(
+        HF,
+        name="m",
+        namespace="ns",
+        generation=2,
+        volume=None,
+        observed=st.Observed(deployment=deployment(2)),
+        refused=st.Failure("SecretNotFound", "Secret hf not found"),
+        previous={},
+        now=NOW,
+    )
+    assert status["phase"] == "Failed" and status["ready"] == "2/2" and status["readyReplicas"] == 2
+    assert reasons(status)["Available"] == ("True", "MinimumReplicasAvailable")
+    assert reasons(status)["Ready"] == ("False", "SecretNotFound")
+
+
+@pytest.mark.parametrize("job_now", [None, job()], ids=["job deleted", "job re-created"])
+def test_deleting_the_finished_cache_job_keeps_the_model_serving(job_now: dict[str, Any] | None) -> None:
+    # A cleanup policy (or a person) deletes finished Jobs: the operator re-creates it, and it finds the
+    # marker at once; the pods must not be scaled to 0 meanwhile.
+    ready = derive(HF, st.Observed(**DONE, deployment=deployment(2), pods=[pod(), pod()]))
+    assert ready["phase"] == "Ready"
+    cache = st.cache_state(HF, cache_volume(HF, "m"), st.Observed(claim=claim(), job=job_now), ready["cache"])
+    assert cache.ready and cache.reason == "Downloaded"
+    assert cache.info["completedAt"] == ready["cache"]["completedAt"]
+    after = derive(HF, st.Observed(claim=claim(), job=job_now, deployment=deployment(2)), previous=ready)
+    assert after["phase"] == "Ready" and reasons(after)["CacheReady"] == ("True", "Downloaded")
+    # ... but a new source is a new download: nothing to keep serving from.
+    other = parse({"source": {"huggingface": {"repo": "a/c"}}, "replicas": 2})
+    assert not st.cache_state(other, cache_volume(other, "m"), st.Observed(claim=claim()), ready["cache"]).ready
+    # ... and a failed re-run is a failure.
+    failed = st.Observed(claim=claim(), job=job("Failed", "BackoffLimitExceeded"))
+    assert not st.cache_state(HF, cache_volume(HF, "m"), failed, ready["cache"]).ready
 
 
 def test_last_failure_is_kept_after_recovery() -> None:
