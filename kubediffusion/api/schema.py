@@ -130,6 +130,20 @@ def resolve_params(
             param="prompt",
             code="string_above_max_length",
         )
+    if request.negative_prompt is not None and len(request.negative_prompt) > limits.max_prompt_chars:
+        raise InvalidRequestError(
+            f"Invalid 'negative_prompt': string too long. Expected a string with maximum length "
+            f"{limits.max_prompt_chars}, but got a string with length {len(request.negative_prompt)} instead.",
+            param="negative_prompt",
+            code="string_above_max_length",
+        )
+    if request.background == "transparent":
+        # Diffusion pipelines here make opaque RGB images: say so rather than return an opaque one.
+        raise InvalidRequestError(
+            "Transparent backgrounds are not supported by this model; use 'opaque' or 'auto'.",
+            param="background",
+            code="unsupported_value",
+        )
     n = request.n if request.n is not None else 1
     if n > limits.max_n:
         raise InvalidRequestError(

@@ -102,7 +102,7 @@ class Batcher(Generic[T, R]):
             self._worker = asyncio.get_running_loop().create_task(self._work(), name="kd-batcher")
 
     async def stop(self) -> None:
-        """Fail everything still waiting with 503 and stop the worker (the running batch is awaited)."""
+        """Fail everything still waiting with 503 and stop the worker (a running batch is cancelled)."""
         self._closed = True
         for entry in self._waiting:
             if not entry.future.done():

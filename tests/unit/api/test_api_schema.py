@@ -44,6 +44,8 @@ BAD_INPUTS: list[tuple[str, bytes, str | None, str | None]] = [
     ("prompt null", body(prompt=None), JSON, "prompt"),
     ("prompt over the model's limit", body(prompt="x" * 101), JSON, "prompt"),
     ("prompt over OpenAI's ceiling", body(prompt="x" * 32001), JSON, "prompt"),
+    ("negative prompt over the model's limit", body(prompt="a", negative_prompt="x" * 101), JSON, "negative_prompt"),
+    ("transparent background", body(prompt="a", background="transparent"), JSON, "background"),
     ("n zero", body(prompt="a", n=0), JSON, "n"),
     ("n eleven", body(prompt="a", n=11), JSON, "n"),
     ("n above the model's max", body(prompt="a", n=5), JSON, "n"),
