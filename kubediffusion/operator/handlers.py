@@ -32,6 +32,7 @@ from kubediffusion.operator.status import Event
 
 ANNOTATION_PREFIX = "kubediffusion.io"
 FINALIZER = "kubediffusion.io/operator"
+POD_SELECTOR = f"app.kubernetes.io/managed-by={names.FIELD_MANAGER},{names.MODEL_LABEL}"
 
 
 class _Locks:
@@ -62,6 +63,24 @@ def follows_update(outcome: Outcome | None, retry: int, config: OperatorSettings
     return (retry + 1) * config.poll_seconds <= config.resync_seconds
 
 
+def configure_kopf(settings: kopf.OperatorSettings) -> None:
+    """kopf's own settings for this operator (the startup handler applies them)."""
+    # Progress and diff-base in annotations: the status schema stays strict (no status.kopf).
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=ANNOTATION_PREFIX)
+    # kopf puts a finalizer on models with timers (to stop the timer before the object goes); name it
+    # ours. Deleting an ImageModel while no operator runs waits for it (or remove the finalizer).
+    settings.persistence.finalizer = FINALIZER
+    # Events: only ours (kopf.event on transitions), not one per log line ("failed temporarily" polls).
+    settings.posting.level = logging.CRITICAL
+    settings.execution.max_workers = 16
+    # No watching of CRDs/namespaces (no RBAC for them): the CRD must exist before the operator starts.
+    settings.scanning.disabled = True
+    settings.watching.server_timeout = 300
+    # Only our children's pods, filtered by the API server (the handler's labels= filter is client-side).
+    settings.watching.label_selectors["pods"] = POD_SELECTOR
+
+
 def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
     """Register the operator's handlers into ``registry`` (a fresh one per operator instance)."""
     locks = _Locks()
@@ -74,18 +93,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-        # Progress and diff-base in annotations: the status schema stays strict (no status.kopf).
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=ANNOTATION_PREFIX)
-        # kopf puts a finalizer on models with timers (to stop the timer before the object goes); name it
-        # ours. Deleting an ImageModel while no operator runs waits for it (or remove the finalizer).
-        settings.persistence.finalizer = FINALIZER
-        # Events: only ours (kopf.event on transitions), not one per log line ("failed temporarily" polls).
-        settings.posting.level = logging.CRITICAL
-        settings.execution.max_workers = 16
-        # No watching of CRDs/namespaces (no RBAC for them): the CRD must exist before the operator starts.
-        settings.scanning.disabled = True
-        settings.watching.server_timeout = 300
+        configure_kopf(settings)
         state["kube"] = Kube(new_api_client())
 
     def run(namespace: str, name: str, *, block: bool) -> Outcome | None:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import kopf
 import pytest
+from kopf._cogs.structs.references import Resource
 
+from kubediffusion.operator import names
 from kubediffusion.operator import status as st
-from kubediffusion.operator.handlers import follows_update
+from kubediffusion.operator.handlers import configure_kopf, follows_update
 from kubediffusion.operator.reconcile import APPLY_REJECTED, Outcome, status_patch
 from kubediffusion.operator.settings import OperatorSettings
 
@@ -68,3 +71,15 @@ def test_the_update_handler_follows_a_rollout_only_until_the_timer_takes_over(re
     assert follows_update(loading, retry, config) is follows
     assert not follows_update(Outcome("Ready", "", st.READY), 0, config)
     assert not follows_update(None, 0, config)
+
+
+def test_kopf_watches_only_the_operators_own_pods_server_side() -> None:
+    settings = kopf.OperatorSettings()
+    configure_kopf(settings)
+    (selector,) = settings.watching.label_selectors.collect(Resource("", "v1", "pods"))
+    labels = names.labels("m", "inference")
+    wanted = dict(part.split("=") for part in selector.split(",") if "=" in part)
+    assert wanted.items() <= labels.items() and names.MODEL_LABEL in selector
+    imagemodels = Resource("kubediffusion.io", "v1alpha1", "imagemodels", kind="ImageModel")
+    assert list(settings.watching.label_selectors.collect(imagemodels)) == []  # every model is watched
+    assert settings.scanning.disabled and settings.persistence.finalizer == "kubediffusion.io/operator"
