@@ -20,6 +20,7 @@ from kubediffusion.inference.app import create_app
 from kubediffusion.inference.backend import BackendDescription, ImageJob, ModelLoadError, StepCallback
 from kubediffusion.inference.settings import InferenceSettings
 from kubediffusion.inference.tiny import SMOKE_TEST_MARKER
+from tests.support.asgi import HangingUpClient
 
 pytestmark = pytest.mark.timeout(30)
 BASE = "http://inference.test"
@@ -288,37 +289,10 @@ async def test_client_that_disconnects_while_queued_is_dropped(tmp_path: Path, b
         backend.gate.clear()
         running = asyncio.create_task(client.post("/v1/images/generations", json={"prompt": "first"}))
         await poll(backend.running.is_set)
-        disconnected = asyncio.Event()
-        sent: list[dict[str, Any]] = []
-        body = b'{"prompt": "gone"}'
-        messages = [{"type": "http.request", "body": body, "more_body": False}]
-
-        async def receive() -> dict[str, Any]:
-            if messages:
-                return messages.pop(0)
-            await disconnected.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict[str, Any]) -> None:
-            sent.append(message)
-
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": "/v1/images/generations",
-            "raw_path": b"/v1/images/generations",
-            "query_string": b"",
-            "root_path": "",
-            "headers": [(b"content-type", b"application/json"), (b"host", b"inference.test")],
-            "client": ("127.0.0.1", 1234),
-            "server": ("inference.test", 80),
-        }
-        call = asyncio.create_task(app(scope, receive, send))
+        hanging = HangingUpClient(app, "/v1/images/generations", b'{"prompt": "gone"}', host="inference.test")
+        call = hanging.start()
         await poll(lambda: _queued(app) == 1)
-        disconnected.set()
+        hanging.hang_up()
         await asyncio.wait_for(call, 5)
         assert _queued(app) == 0
         backend.gate.set()

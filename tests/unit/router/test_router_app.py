@@ -14,6 +14,7 @@ import pytest
 from kubediffusion.api.limits import GenerationLimits
 from kubediffusion.router.discovery import StaticDiscovery
 from kubediffusion.router.routing import ModelEntry, RoutingTable
+from tests.support.asgi import HangingUpClient
 
 A, B = "http://127.0.9.1:8000", "http://127.0.9.2:8000"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
@@ -369,37 +370,11 @@ async def test_client_that_disconnects_while_the_pod_works_cancels_the_pod_reque
     pods.behaviour[A] = slow_pod
     async with router() as client:
         app = client.app
-        disconnected = asyncio.Event()
-        messages: list[dict[str, Any]] = [{"type": "http.request", "body": b'{"prompt": "x"}', "more_body": False}]
-        sent: list[dict[str, Any]] = []
-
-        async def receive() -> dict[str, Any]:
-            if messages:
-                return messages.pop(0)
-            await disconnected.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict[str, Any]) -> None:
-            sent.append(message)
-
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": "/v1/images/generations",
-            "raw_path": b"/v1/images/generations",
-            "query_string": b"",
-            "root_path": "",
-            "headers": [(b"content-type", b"application/json"), (b"host", b"router.test")],
-            "client": ("127.0.0.1", 1234),
-            "server": ("router.test", 80),
-        }
-        call = asyncio.create_task(app(scope, receive, send))
+        hanging = HangingUpClient(app, "/v1/images/generations", b'{"prompt": "x"}', host="router.test")
+        call = hanging.start()
         await asyncio.wait_for(started.wait(), 5)
         assert app.state.router.balancer.in_flight(A) == 1
-        disconnected.set()
+        hanging.hang_up()
         await asyncio.wait_for(call, 5)
         assert cancelled.is_set()
         assert app.state.router.balancer.in_flight(A) == 0
