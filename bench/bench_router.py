@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import base64
 import json
-import os
 import secrets
 import statistics
 import subprocess
@@ -27,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from kubediffusion.local import LOOPBACK, free_port, static_config, stop_process, wait_ready
+from kubediffusion.local import LOOPBACK, free_port, start_router, static_config, stop_process, wait_ready
 
 REQUEST = json.dumps({"prompt": "benchmark", "size": "64x64", "response_format": "b64_json"}).encode()
 
@@ -159,29 +158,17 @@ def main() -> int:
             wait_ready(f"{backend}/readyz", timeout=30, process=processes[0])
             config = Path(work) / "models.yaml"
             config.write_text(static_config("bench", [backend]))
-            env = {
-                **os.environ,
-                "KD_ROUTER_RATE_LIMIT_RPS": "0",
-                "KD_ROUTER_GLOBAL_RATE_LIMIT_RPS": "0",
-                "KD_ROUTER_LOG_LEVEL": "warning",
-                "KD_ROUTER_STORAGE_DIR": str(Path(work) / "images"),
-                "KD_ROUTER_SIGNING_KEY": "b" * 32,
-            }
             processes.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "kubediffusion.cli",
-                        "router",
-                        "--static-config",
-                        str(config),
-                        "--host",
-                        LOOPBACK,
-                        "--port",
-                        str(router_port),
-                    ],
-                    env=env,
+                start_router(
+                    config,
+                    router_port,
+                    env={
+                        "KD_ROUTER_RATE_LIMIT_RPS": "0",
+                        "KD_ROUTER_GLOBAL_RATE_LIMIT_RPS": "0",
+                        "KD_ROUTER_LOG_LEVEL": "warning",
+                        "KD_ROUTER_STORAGE_DIR": str(Path(work) / "images"),
+                        "KD_ROUTER_SIGNING_KEY": "b" * 32,
+                    },
                 )
             )
             router = f"http://{LOOPBACK}:{router_port}"

@@ -130,6 +130,24 @@ def start_inference(
     return subprocess.Popen(command, env={**os.environ, **(env or {})})
 
 
+def start_router(static_config: Path, port: int, *, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """``kubediffusion router`` with static discovery on 127.0.0.1:``port`` as a child process;
+    ``env`` adds ``KD_ROUTER_*`` settings."""
+    command = [
+        sys.executable,
+        "-m",
+        "kubediffusion.cli",
+        "router",
+        "--static-config",
+        str(static_config),
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
+    ]
+    return subprocess.Popen(command, env={**os.environ, **(env or {})})
+
+
 def wait_ready(url: str, *, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
     """Poll ``url`` until it answers 200; RuntimeError when ``process`` exits or time runs out."""
     deadline = time.monotonic() + timeout

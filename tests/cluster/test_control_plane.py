@@ -22,6 +22,20 @@ POD_NETWORK = ipaddress.ip_network(default_pod_cidr())  # 127.10.0.0/16 unless o
 FAKE_IMAGE = "registry.invalid/kubediffusion/fake:0"  # never pulled: kwok fakes the kubelet
 
 
+def deployment(name: str, labels: dict[str, str], container: dict[str, object]) -> dict[str, object]:
+    """A two-replica Deployment of one container."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
+        },
+    }
+
+
 def test_server_reports_pinned_version(api_client: client.ApiClient) -> None:
     info = client.VersionApi(api_client).get_code()
     assert info.major == "1"
@@ -32,30 +46,8 @@ def test_gpu_deployment_lands_on_gpu_nodes_with_local_pod_ips(api_client: client
     apps = client.AppsV1Api(api_client)
     core = client.CoreV1Api(api_client)
     labels = {"app": "gpu-workload"}
-    apps.create_namespaced_deployment(
-        namespace,
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": "gpu-workload"},
-            "spec": {
-                "replicas": 2,
-                "selector": {"matchLabels": labels},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {
-                        "containers": [
-                            {
-                                "name": "main",
-                                "image": FAKE_IMAGE,
-                                "resources": {"limits": {GPU_RESOURCE: "1"}},
-                            }
-                        ]
-                    },
-                },
-            },
-        },
-    )
+    container = {"name": "main", "image": FAKE_IMAGE, "resources": {"limits": {GPU_RESOURCE: "1"}}}
+    apps.create_namespaced_deployment(namespace, deployment("gpu-workload", labels, container))
 
     def ready() -> bool:
         d = apps.read_namespaced_deployment_status("gpu-workload", namespace)
@@ -198,22 +190,8 @@ def test_service_gets_endpointslices_for_ready_pods(api_client: client.ApiClient
     core = client.CoreV1Api(api_client)
     discovery = client.DiscoveryV1Api(api_client)
     labels = {"app": "web"}
-    apps.create_namespaced_deployment(
-        namespace,
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": "web"},
-            "spec": {
-                "replicas": 2,
-                "selector": {"matchLabels": labels},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {"containers": [{"name": "main", "image": FAKE_IMAGE, "ports": [{"containerPort": 8000}]}]},
-                },
-            },
-        },
-    )
+    container = {"name": "main", "image": FAKE_IMAGE, "ports": [{"containerPort": 8000}]}
+    apps.create_namespaced_deployment(namespace, deployment("web", labels, container))
     core.create_namespaced_service(
         namespace,
         {"metadata": {"name": "web"}, "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 8000}]}},

@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from kubediffusion.local import (
     TINY_LIMITS,
     free_port,
     start_inference,
+    start_router,
     static_config,
     stop_process,
     tiny_defaults,
@@ -82,29 +81,17 @@ def start_stack(model_dir: Path, workdir: Path, pod_count: int = 2) -> Stack:
             )
         )
         port = free_port()
-        env = {
-            **os.environ,
-            "KD_ROUTER_STORAGE_DIR": str(workdir / "images"),
-            "KD_ROUTER_SIGNING_KEY": "k" * 32,
-            "KD_ROUTER_RATE_LIMIT_RPS": "0",
-            "KD_ROUTER_GLOBAL_RATE_LIMIT_RPS": "0",
-            "KD_ROUTER_LOG_LEVEL": "warning",
-            "KD_ROUTER_EJECT_SECONDS": "30",
-        }
-        router = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "kubediffusion.cli",
-                "router",
-                "--static-config",
-                str(config),
-                "--host",
-                LOOPBACK,
-                "--port",
-                str(port),
-            ],
-            env=env,
+        router = start_router(
+            config,
+            port,
+            env={
+                "KD_ROUTER_STORAGE_DIR": str(workdir / "images"),
+                "KD_ROUTER_SIGNING_KEY": "k" * 32,
+                "KD_ROUTER_RATE_LIMIT_RPS": "0",
+                "KD_ROUTER_GLOBAL_RATE_LIMIT_RPS": "0",
+                "KD_ROUTER_LOG_LEVEL": "warning",
+                "KD_ROUTER_EJECT_SECONDS": "30",
+            },
         )
         url = f"http://{LOOPBACK}:{port}"
         wait_ready(f"{url}/readyz", timeout=60, process=router)
