@@ -30,7 +30,7 @@ import httpx
 
 from kubediffusion.inference.app import create_app
 from kubediffusion.inference.settings import InferenceSettings
-from kubediffusion.inference.tiny import write_tiny_pipeline
+from kubediffusion.tinymodel import write_tiny_pipeline
 
 MODES = {"off": {"max_batch_size": 1, "batch_window_ms": 0}, "on": {"max_batch_size": 8, "batch_window_ms": 20}}
 REQUEST = {"prompt": "a lighthouse at dusk", "size": "64x64", "num_inference_steps": 4, "guidance_scale": 5.0}

@@ -5,7 +5,7 @@
 
 Needs only torch + transformers + diffusers (the repo root is put on sys.path for
 ``kubediffusion.inference.accel``, which is exactly what the inference server applies on CUDA, and
-``kubediffusion.inference.tiny.build_tokenizer``, a local tokenizer: nothing is downloaded). The UNet,
+``kubediffusion.tinymodel.build_tokenizer``, a local tokenizer: nothing is downloaded). The UNet,
 VAE and both text encoders use the real SDXL-base configs written out below, so shapes and FLOPs are
 real; the weights are random. Without CUDA it prints that it skipped (``--smoke`` runs a tiny
 SDXL-shaped model on CPU, to check the script itself).
@@ -150,7 +150,7 @@ def build_pipeline(device: str, dtype: Any, smoke: bool) -> Any:
     from diffusers.utils import logging as diffusers_logging
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from kubediffusion.inference.tiny import build_tokenizer
+    from kubediffusion.tinymodel import build_tokenizer
 
     diffusers_logging.set_verbosity_error()  # "modules that should be kept in float32: []" on .to(dtype)
     torch.manual_seed(0)

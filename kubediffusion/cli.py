@@ -16,7 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "inference": ("kubediffusion.inference.main", "run the model server for one model"),
     "local": ("kubediffusion.local", "tiny model + inference + router on 127.0.0.1, no cluster"),
     "fetch-model": ("kubediffusion.fetch.main", "fill a model cache directory (cache Job)"),
-    "tiny-model": ("kubediffusion.inference.tiny", "write the random-weight smoke-test pipeline"),
+    "tiny-model": ("kubediffusion.tinymodel", "write the random-weight smoke-test pipeline"),
 }
 
 

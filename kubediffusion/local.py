@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -32,14 +31,12 @@ import httpx
 import uvicorn
 import yaml
 
-from kubediffusion.operator.spec import TINY_LIMITS as _OPERATOR_TINY_LIMITS
+from kubediffusion.api.limits import GenerationDefaults, GenerationLimits
+from kubediffusion.imagemodel.tiny import TINY_DEFAULTS, TINY_LIMITS, TINY_NAME
 
 log = logging.getLogger("kubediffusion.local")
 
 LOOPBACK = "127.0.0.1"
-TINY_NAME = "tiny-sd"
-# The tiny model is 64x64 noise; the same limits as an ImageModel with source.tiny.
-TINY_LIMITS: dict[str, Any] = _OPERATOR_TINY_LIMITS.model_dump(by_alias=True)
 
 
 def cache_dir() -> Path:
@@ -85,22 +82,13 @@ def ensure_tiny_model(directory: Path, *, timeout: float = 600.0) -> Path:
     return directory
 
 
-def tiny_defaults(directory: Path) -> dict[str, Any]:
-    try:
-        marker = json.loads((directory / "kubediffusion-smoke-test.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    defaults = marker.get("defaults") if isinstance(marker, dict) else None
-    return dict(defaults) if isinstance(defaults, dict) else {}
-
-
 def start_inference(
     model_dir: Path,
     name: str,
     port: int,
     *,
-    defaults: dict[str, Any] | None = None,
-    limits: dict[str, Any] | None = None,
+    defaults: GenerationDefaults | None = None,
+    limits: GenerationLimits | None = None,
     log_level: str = "warning",
     extra_args: list[str] | None = None,
     env: dict[str, str] | None = None,
@@ -122,10 +110,10 @@ def start_inference(
         "--log-level",
         log_level,
     ]
-    if defaults:
-        command += ["--defaults", json.dumps(defaults)]
-    if limits:
-        command += ["--limits", json.dumps(limits)]
+    if defaults is not None:
+        command += ["--defaults", defaults.model_dump_json(by_alias=True)]
+    if limits is not None:
+        command += ["--limits", limits.model_dump_json(by_alias=True)]
     command += extra_args or []
     return subprocess.Popen(command, env={**os.environ, **(env or {})})
 
@@ -179,15 +167,15 @@ def static_config(
     name: str,
     endpoints: list[str],
     *,
-    defaults: dict[str, Any] | None = None,
-    limits: dict[str, Any] | None = None,
+    defaults: GenerationDefaults | None = None,
+    limits: GenerationLimits | None = None,
     aliases: list[str] | None = None,
 ) -> str:
     model: dict[str, Any] = {"name": name, "default": True, "endpoints": endpoints, "aliases": aliases or []}
-    if defaults:
-        model["defaults"] = defaults
-    if limits:
-        model["limits"] = limits
+    if defaults is not None:
+        model["defaults"] = defaults.model_dump(mode="json", by_alias=True)
+    if limits is not None:
+        model["limits"] = limits.model_dump(mode="json", by_alias=True)
     return yaml.safe_dump([model], sort_keys=False)
 
 
@@ -253,14 +241,15 @@ def main(argv: list[str]) -> int:
     if tiny:
         model_dir = ensure_tiny_model(cache_dir() / TINY_NAME)
         name = args.name or TINY_NAME
-        defaults, limits = tiny_defaults(model_dir), TINY_LIMITS
+        defaults: GenerationDefaults | None = TINY_DEFAULTS
+        limits: GenerationLimits | None = TINY_LIMITS
     else:
         model_dir = args.model.resolve()
         if not (model_dir / "model_index.json").exists():
             log.error("%s is not a diffusers pipeline directory (no model_index.json)", model_dir)
             return 1
         name = args.name or model_dir.name
-        defaults, limits = {}, {}
+        defaults, limits = None, None
     inference_port = free_port()
     # SIGTERM stops us like Ctrl-C does, so the model server below is always stopped too (uvicorn
     # re-raises the signal it caught once it has shut down; without this it would kill us outright).
@@ -283,7 +272,7 @@ def main(argv: list[str]) -> int:
                     Path(work) / "images",
                     port,
                     args.api_keys_file,
-                    banner(base_url, name, tiny=tiny, size=defaults.get("size", "1024x1024")),
+                    banner(base_url, name, tiny=tiny, size=(defaults or GenerationDefaults()).size),
                 )
             )
     except KeyboardInterrupt:

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from kubediffusion.fetch import sources
+from kubediffusion.imagemodel.names import CACHE_MARKER as MARKER
 
-MARKER = ".kubediffusion-complete.json"
 EXIT_FAILED = 1  # may succeed on retry (network, 5xx)
 SUMMARY_LIMIT = 4000  # characters of the termination message (the kubelet keeps 4096 bytes)
 EXIT_PERMANENT = 2  # will not (404, bad or unsafe archive): the Job fails without retrying

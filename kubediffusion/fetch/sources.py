@@ -116,7 +116,7 @@ def fetch_s3(url: str, staging: Path) -> str:  # pragma: no cover - no S3 in the
 
 
 def fetch_tiny(kind: str, staging: Path) -> str:
-    from kubediffusion.inference.tiny import write_tiny_pipeline
+    from kubediffusion.tinymodel import write_tiny_pipeline
 
     write_tiny_pipeline(staging, kind=kind)
     return f"tiny-{kind}"

@@ -52,7 +52,7 @@ from kubediffusion.inference.batcher import Batcher
 from kubediffusion.inference.encoding import encode_image, to_b64
 from kubediffusion.inference.metrics import InferenceMetrics
 from kubediffusion.inference.settings import InferenceSettings
-from kubediffusion.inference.tiny import read_smoke_test_marker
+from kubediffusion.tinymodel import read_smoke_test_marker
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from kubediffusion.inference.accel import optimize_pipeline
 from kubediffusion.inference.backend import BackendDescription, ImageJob, ModelLoadError, StepCallback
-from kubediffusion.inference.tiny import read_smoke_test_marker
+from kubediffusion.tinymodel import read_smoke_test_marker
 
 if TYPE_CHECKING:
     from PIL.Image import Image

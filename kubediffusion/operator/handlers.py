@@ -23,14 +23,14 @@ from typing import Any
 
 import kopf
 
-from kubediffusion.operator import names
+from kubediffusion.imagemodel import names
+from kubediffusion.imagemodel.resource import GROUP, PLURAL, VERSION
 from kubediffusion.operator.kube import Kube, new_api_client
 from kubediffusion.operator.reconcile import Outcome, Refused, reconcile
 from kubediffusion.operator.settings import OperatorSettings
-from kubediffusion.operator.spec import GROUP, PLURAL, VERSION
 from kubediffusion.operator.status import Event
 
-ANNOTATION_PREFIX = "kubediffusion.io"
+ANNOTATION_PREFIX = GROUP
 FINALIZER = "kubediffusion.io/operator"
 POD_SELECTOR = f"app.kubernetes.io/managed-by={names.FIELD_MANAGER},{names.MODEL_LABEL}"
 

@@ -16,8 +16,8 @@ from urllib.parse import quote
 
 from kubernetes import client
 
-from kubediffusion.operator.names import FIELD_MANAGER
-from kubediffusion.operator.spec import GROUP, PLURAL, VERSION
+from kubediffusion.imagemodel.names import FIELD_MANAGER
+from kubediffusion.imagemodel.resource import GROUP, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from kubediffusion.operator import names, status
+from kubediffusion.imagemodel import names
+from kubediffusion.imagemodel.spec import ImageModelSpec, InvalidSpecError, resolve_resources
+from kubediffusion.operator import status
 from kubediffusion.operator.kube import Kube, KubeError
 from kubediffusion.operator.resources import (
     CacheVolume,
@@ -27,7 +29,6 @@ from kubediffusion.operator.resources import (
     cache_volume,
 )
 from kubediffusion.operator.settings import OperatorSettings
-from kubediffusion.operator.spec import ImageModelSpec, InvalidSpecError, resolve_resources
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from kubediffusion.operator import names
-from kubediffusion.operator.spec import HardwareProfile, ImageModelSpec
+from kubediffusion.imagemodel import names
+from kubediffusion.imagemodel.spec import HardwareProfile, ImageModelSpec
 
 Manifest = dict[str, Any]
 

@@ -13,7 +13,7 @@ from functools import lru_cache
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from kubediffusion.operator.spec import HardwareProfile
+from kubediffusion.imagemodel.spec import HardwareProfile
 
 DEFAULT_IMAGE = "ghcr.io/kubediffusion/inference:0.1.0"
 

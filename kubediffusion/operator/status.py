@@ -16,9 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubediffusion.operator import names
+from kubediffusion.imagemodel import names
+from kubediffusion.imagemodel.spec import ImageModelSpec
 from kubediffusion.operator.resources import CacheVolume
-from kubediffusion.operator.spec import ImageModelSpec
 
 Obj = Mapping[str, Any]
 MAX_MESSAGE = 1024

@@ -5,7 +5,7 @@ Two watch loops run in daemon threads (the official client is synchronous; no ex
 * ImageModels (``kubediffusion.io/v1alpha1``): spec aliases/default/defaults/limits/presets and
   status.readyReplicas;
 * Pods labelled ``app.kubernetes.io/component=inference`` and ``kubediffusion.io/model=<model>``
-  (the operator's labels, :mod:`kubediffusion.operator.names`): a pod is an endpoint
+  (the labels of :mod:`kubediffusion.imagemodel.names`): a pod is an endpoint
   ``http://<status.podIP>:<container port named http>`` while it is Ready, has an IP and is not
   terminating.
 
@@ -33,14 +33,14 @@ from typing import Any
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
-from kubediffusion.operator.names import COMPONENT_LABEL, MODEL_LABEL, PORT, PORT_NAME
-from kubediffusion.operator.spec import ImageModelSpec, InvalidSpecError
+from kubediffusion.imagemodel.resource import GROUP, PLURAL, VERSION
+from kubediffusion.imagemodel.names import COMPONENT_LABEL, MODEL_LABEL, PORT, PORT_NAME
+from kubediffusion.imagemodel.spec import ImageModelSpec, InvalidSpecError
 from kubediffusion.router.routing import ModelEntry, RoutingTable
 from kubediffusion.router.settings import RouterSettings
 
 log = logging.getLogger(__name__)
 
-GROUP, VERSION, PLURAL = "kubediffusion.io", "v1alpha1", "imagemodels"
 # Server-side: inference pods of any model (cache Job pods carry the model label with component cache).
 POD_SELECTOR = f"{COMPONENT_LABEL}=inference,{MODEL_LABEL}"
 ERROR_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0)

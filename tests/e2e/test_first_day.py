@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from kubediffusion.inference.tiny import write_tiny_pipeline
+from kubediffusion.tinymodel import write_tiny_pipeline
 from tests.cluster.operator_fixture import condition, delete_model, get_model, list_objects
 from tests.e2e.stack import E2EStack, decode_image
 from tests.support.waiting import wait_for

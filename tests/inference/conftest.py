@@ -16,7 +16,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     pytest.importorskip("torch")
     pytest.importorskip("diffusers")
-    from kubediffusion.inference.tiny import write_tiny_pipeline
+    from kubediffusion.tinymodel import write_tiny_pipeline
 
     root = tmp_path_factory.mktemp("tiny-models")
     models = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,11 +18,12 @@ pytest.importorskip("diffusers")
 
 from PIL import Image
 
+from kubediffusion.api.limits import GenerationDefaults
+from kubediffusion.imagemodel.tiny import SMOKE_TEST_MARKER, TINY_DEFAULTS
 from kubediffusion.inference.backend import ImageBackend, ImageJob, StepCallback
 from kubediffusion.inference.pipeline import load_backend
 from kubediffusion.inference.settings import InferenceSettings
-from kubediffusion.inference.tiny import SMOKE_TEST_MARKER
-from kubediffusion.inference.tiny import main as tiny_main
+from kubediffusion.tinymodel import main as tiny_main
 from tests.inference.tinyserve import poll, serve, tiny_settings
 
 pytestmark = [pytest.mark.inference, pytest.mark.timeout(180)]
@@ -162,11 +164,14 @@ def test_tiny_model_cli_writes_a_labelled_pipeline(tmp_path: Path) -> None:
     assert tiny_main([str(tmp_path / "xl"), "--kind", "sdxl"]) == 0
     assert (tmp_path / "xl" / "model_index.json").is_file()
     assert (tmp_path / "xl" / "tokenizer_2").is_dir()
-    assert '"smoke_test": true' in (tmp_path / "xl" / SMOKE_TEST_MARKER).read_text()
+    marker = json.loads((tmp_path / "xl" / SMOKE_TEST_MARKER).read_text())
+    assert marker["smoke_test"] is True
+    # The marker's defaults are the ones an ImageModel with source.tiny and `kubediffusion local` serve with.
+    assert GenerationDefaults.model_validate(marker["defaults"]) == TINY_DEFAULTS
 
 
 def test_tiny_model_weights_are_reproducible(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
-    from kubediffusion.inference.tiny import write_tiny_pipeline
+    from kubediffusion.tinymodel import write_tiny_pipeline
 
     write_tiny_pipeline(tmp_path / "again", "sd")
     for part in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):

@@ -9,15 +9,14 @@ from pathlib import Path
 
 import httpx
 
+from kubediffusion.imagemodel.tiny import TINY_DEFAULTS, TINY_LIMITS
 from kubediffusion.local import (
     LOOPBACK,
-    TINY_LIMITS,
     free_port,
     start_inference,
     start_router,
     static_config,
     stop_process,
-    tiny_defaults,
     wait_ready,
 )
 
@@ -58,7 +57,7 @@ def start_pods(model_dir: Path, count: int) -> list[Pod]:
                     model_dir,
                     MODEL,
                     port,
-                    defaults=tiny_defaults(model_dir),
+                    defaults=TINY_DEFAULTS,
                     limits=TINY_LIMITS,
                     extra_args=["--aliases", ALIAS, "--max-queue", "64"],
                 ),
@@ -76,9 +75,7 @@ def start_stack(model_dir: Path, workdir: Path, pod_count: int = 2) -> Stack:
             wait_ready(f"{pod.url}/readyz", timeout=READY_TIMEOUT, process=pod.process)
         config = workdir / "models.yaml"
         config.write_text(
-            static_config(
-                MODEL, [pod.url for pod in pods], defaults=tiny_defaults(model_dir), limits=TINY_LIMITS, aliases=[ALIAS]
-            )
+            static_config(MODEL, [pod.url for pod in pods], defaults=TINY_DEFAULTS, limits=TINY_LIMITS, aliases=[ALIAS])
         )
         port = free_port()
         router = start_router(

@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 import yaml
 
-from kubediffusion.operator.spec import ImageModelSpec
+from kubediffusion.imagemodel.spec import ImageModelSpec
 from tests.unit.chart.helm_cli import CHART_DIR, CRD_SOURCE, EXAMPLES_DIR, Helm, container_env, one
 
 EXAMPLES = sorted(p for p in EXAMPLES_DIR.glob("*.yaml") if "kind: ImageModel" in p.read_text())

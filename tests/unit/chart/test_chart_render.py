@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from kubediffusion.operator import names as operator_names
+from kubediffusion.imagemodel import names as operator_names
 from kubediffusion.operator.settings import OperatorSettings
 from kubediffusion.router.settings import RouterSettings
 from tests.unit.chart.helm_cli import (
@@ -299,7 +299,7 @@ def test_router_storage_is_a_claim_by_default_or_an_empty_dir(helm: Helm, custom
 
 
 def test_profiles_in_values_are_valid_operator_hardware_profiles(default_docs: list[Manifest]) -> None:
-    from kubediffusion.operator.spec import HardwareProfile
+    from kubediffusion.imagemodel.spec import HardwareProfile
 
     env = container_env(one(default_docs, "Deployment", "-operator")["spec"]["template"]["spec"], "operator")
     for name, profile in json.loads(env["KD_OPERATOR_PROFILES"]).items():

@@ -144,7 +144,7 @@ def test_inference_image_is_cuda_pytorch_with_the_inference_extra() -> None:
 def test_operator_image_user_matches_the_chart_and_inference_user_matches_the_operator() -> None:
     import yaml
 
-    from kubediffusion.operator.names import RUN_AS_USER
+    from kubediffusion.imagemodel.names import RUN_AS_USER
 
     values = yaml.safe_load((REPO_ROOT / "charts" / "kubediffusion" / "values.yaml").read_text())
     operator_user = parse(DOCKERFILES["operator"]).final.commands("USER")[-1].split(":")[0]

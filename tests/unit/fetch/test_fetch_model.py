@@ -217,7 +217,7 @@ def test_not_an_archive_url_is_refused(tmp_path: Path) -> None:
 
 def test_tiny_model_over_http_then_idempotent(server: Server, tmp_path: Path) -> None:
     pytest.importorskip("diffusers")
-    from kubediffusion.inference.tiny import write_tiny_pipeline
+    from kubediffusion.tinymodel import write_tiny_pipeline
 
     source_dir = tmp_path / "tiny-src"
     write_tiny_pipeline(source_dir, kind="sd")

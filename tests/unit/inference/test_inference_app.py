@@ -16,10 +16,10 @@ import httpx
 import pytest
 from PIL import Image
 
+from kubediffusion.imagemodel.tiny import SMOKE_TEST_MARKER
 from kubediffusion.inference.app import create_app
 from kubediffusion.inference.backend import BackendDescription, ImageJob, ModelLoadError, StepCallback
 from kubediffusion.inference.settings import InferenceSettings
-from kubediffusion.inference.tiny import SMOKE_TEST_MARKER
 from tests.support.asgi import HangingUpClient
 
 pytestmark = pytest.mark.timeout(30)

@@ -10,7 +10,8 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from kubediffusion.operator.spec import API_VERSION, KIND, PLURAL, ImageModelSpec
+from kubediffusion.imagemodel.resource import API_VERSION, KIND, PLURAL
+from kubediffusion.imagemodel.spec import ImageModelSpec
 
 ROOT = Path(__file__).resolve().parents[3]
 CRD = yaml.safe_load((ROOT / "crds" / "imagemodel.yaml").read_text())

@@ -8,7 +8,7 @@ import kopf
 import pytest
 from kopf._cogs.structs.references import Resource
 
-from kubediffusion.operator import names
+from kubediffusion.imagemodel import names
 from kubediffusion.operator import status as st
 from kubediffusion.operator.handlers import configure_kopf, follows_update
 from kubediffusion.operator.reconcile import APPLY_REJECTED, Outcome, status_patch

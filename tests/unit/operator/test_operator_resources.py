@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from kubediffusion.api.limits import GenerationDefaults, GenerationLimits
-from kubediffusion.operator import names
+from kubediffusion.imagemodel import names
+from kubediffusion.imagemodel.spec import HardwareProfile, ImageModelSpec, resolve_resources
 from kubediffusion.operator.resources import (
     Context,
     build_cache_job,
@@ -20,7 +21,6 @@ from kubediffusion.operator.resources import (
     build_service,
     cache_volume,
 )
-from kubediffusion.operator.spec import HardwareProfile, ImageModelSpec, resolve_resources
 
 GOLDEN = Path(__file__).parent / "golden"
 OWNER = names.Owner(name="sdxl", namespace="models", uid="0000-uid")

@@ -7,13 +7,14 @@ from typing import Any
 import pytest
 
 from kubediffusion.api.limits import GenerationDefaults
-from kubediffusion.operator.spec import (
+from kubediffusion.imagemodel.spec import (
     HardwareProfile,
     ImageModelSpec,
     InvalidSpecError,
     Resources,
     resolve_resources,
 )
+from kubediffusion.imagemodel.tiny import TINY_DEFAULTS
 
 
 def parse(spec: dict[str, Any]) -> ImageModelSpec:
@@ -35,7 +36,7 @@ def test_tiny_source_gets_tiny_defaults_and_limits_and_is_a_smoke_test() -> None
     spec = parse({"source": {"tiny": {}}})
     assert spec.is_smoke_test
     assert spec.effective_defaults.size == "64x64" and spec.effective_defaults.steps == 2
-    assert spec.effective_defaults.guidance == 0.0
+    assert spec.effective_defaults == TINY_DEFAULTS and spec.effective_defaults.guidance > 1  # CFG, like real models
     assert (spec.effective_limits.min_size, spec.effective_limits.max_size) == (32, 256)
     assert spec.effective_dtype(gpus=1) == "float32"
     assert "smoke test" in spec.source.describe()
@@ -122,7 +123,7 @@ def test_spec_module_imports_neither_kopf_nor_kubernetes() -> None:
     import sys
 
     code = (
-        "import sys, kubediffusion.operator.spec as s; "
+        "import sys, kubediffusion.imagemodel.spec as s; "
         "bad = [m for m in ('kopf', 'kubernetes') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

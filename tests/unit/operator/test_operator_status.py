@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
+from kubediffusion.imagemodel.spec import ImageModelSpec
 from kubediffusion.operator import status as st
 from kubediffusion.operator.resources import cache_volume
-from kubediffusion.operator.spec import ImageModelSpec
 
 NOW = "2026-01-01T00:00:00Z"
 LATER = "2026-01-01T00:05:00Z"

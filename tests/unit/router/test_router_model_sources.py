@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kubediffusion.operator import names
+from kubediffusion.imagemodel import names
 from kubediffusion.router.discovery import StaticDiscovery, parse_static_config
 from kubediffusion.router.kube_discovery import (
     POD_SELECTOR,
@@ -167,7 +167,7 @@ def test_imagemodel_spec_fields_are_read_and_the_rest_ignored() -> None:
 
 
 def test_tiny_source_gets_the_same_defaults_and_limits_as_its_pods() -> None:
-    from kubediffusion.operator.spec import TINY_DEFAULTS, TINY_LIMITS
+    from kubediffusion.imagemodel.tiny import TINY_DEFAULTS, TINY_LIMITS
 
     entry = model_entry(imagemodel("tiny", {"source": {"tiny": {}}}), ())
     assert entry is not None and entry.defaults == TINY_DEFAULTS and entry.limits == TINY_LIMITS

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kubediffusion.operator.spec import API_VERSION, KIND
+from kubediffusion.imagemodel.resource import API_VERSION, KIND
 
 FIELD_MANAGER = "kubediffusion-operator"
 MODEL_LABEL = "kubediffusion.io/model"
@@ -15,7 +15,8 @@ TEMPLATE_HASH_ANNOTATION = "kubediffusion.io/template-hash"
 
 MODELS_MOUNT = "/models"
 MODEL_SUBDIR = "model"
-MARKER_NAME = ".kubediffusion-complete.json"
+# Written by fetch-model into a filled cache directory: source, revision, bytes, completedAt.
+CACHE_MARKER = ".kubediffusion-complete.json"
 PORT = 8000
 PORT_NAME = "http"
 RUN_AS_USER = 1000

@@ -4,7 +4,8 @@
 + CLIPTokenizer(s) + EulerDiscreteScheduler with a fixed torch seed and writes them with
 ``save_pretrained``, so the inference server loads it through the same code path as a real model.
 It makes 64x64 noise, not pictures, and says so: a marker file (``SMOKE_TEST_MARKER``) sits in the
-directory, and the server reports ``"smoke_test": true`` and logs a warning.
+directory, recording the serving defaults of :mod:`kubediffusion.imagemodel.tiny`, and the server
+reports ``"smoke_test": true`` and logs a warning.
 
 The tokenizer is built from a vocab.json/merges.txt written here (byte-level BPE over the 256 byte
 symbols plus a few merges), never downloaded. Only torch, transformers and diffusers are imported, so
@@ -24,15 +25,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from kubediffusion.imagemodel.tiny import SMOKE_TEST_MARKER, TINY_DEFAULTS
+
 log = logging.getLogger(__name__)
 
-SMOKE_TEST_MARKER = "kubediffusion-smoke-test.json"
 KINDS = ("sd", "sdxl")
 SEED = 0
 TEXT_HIDDEN = 32
 MAX_TOKENS = 77
-# Serving defaults recorded in the marker; the server uses them when none were configured.
-RECOMMENDED_DEFAULTS = {"size": "64x64", "steps": 2, "guidance": 5.0}
 _MERGES = [("t", "h"), ("th", "e</w>"), ("a", "n"), ("c", "a"), ("ca", "t</w>"), ("o", "g</w>")]
 
 
@@ -183,7 +183,8 @@ def write_tiny_pipeline(directory: Path, kind: str = "sd") -> None:
         "kind": kind,
         "seed": SEED,
         "description": "KubeDiffusion tiny model: random weights, makes noise, not pictures. For smoke tests only.",
-        "defaults": RECOMMENDED_DEFAULTS,
+        # The server uses these when none were configured.
+        "defaults": TINY_DEFAULTS.model_dump(mode="json", by_alias=True),
     }
     (directory / SMOKE_TEST_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
     log.warning("wrote the tiny smoke-test %s pipeline (random weights) to %s", kind, directory)

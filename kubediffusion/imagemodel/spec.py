@@ -20,18 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic.alias_generators import to_camel
 
 from kubediffusion.api.limits import GenerationDefaults, GenerationLimits, StylePreset, parse_size
-
-GROUP = "kubediffusion.io"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-KIND = "ImageModel"
-PLURAL = "imagemodels"
+from kubediffusion.imagemodel.tiny import TINY_DEFAULTS, TINY_LIMITS
 
 DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
-
-# The tiny random-weight pipeline makes 64x64 noise in two steps; real-model defaults would be absurd.
-TINY_DEFAULTS = GenerationDefaults(steps=2, guidance=0.0, size="64x64")
-TINY_LIMITS = GenerationLimits(min_size=32, max_size=256, max_n=4, max_steps=8)
 
 _M = TypeVar("_M", bound=BaseModel)
 Dtype = Literal["float16", "bfloat16", "float32"]
