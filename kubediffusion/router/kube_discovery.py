@@ -33,8 +33,8 @@ from typing import Any
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
-from kubediffusion.imagemodel.resource import GROUP, PLURAL, VERSION
 from kubediffusion.imagemodel.names import COMPONENT_LABEL, MODEL_LABEL, PORT, PORT_NAME
+from kubediffusion.imagemodel.resource import GROUP, PLURAL, VERSION
 from kubediffusion.imagemodel.spec import ImageModelSpec, InvalidSpecError
 from kubediffusion.router.routing import ModelEntry, RoutingTable
 from kubediffusion.router.settings import RouterSettings

@@ -26,8 +26,8 @@ from kubernetes.client.rest import ApiException
 
 from kubediffusion.api.errors import NotFoundError
 from kubediffusion.imagemodel import names
-from kubediffusion.router.app import create_app
 from kubediffusion.imagemodel.resource import GROUP, PLURAL, VERSION
+from kubediffusion.router.app import create_app
 from kubediffusion.router.kube_discovery import KubernetesDiscovery
 from kubediffusion.router.settings import RouterSettings
 from tests.support.nodes import CPU_NODE_NAMES
