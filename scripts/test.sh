@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything a fresh machine needs and runs the whole test suite: lint, types, every tier.
-#   Python env (cached venv), Go-built control plane binaries (cached), ruff, mypy, pytest.
+#   Python env (cached venv), Go-built control plane binaries (cached), ruff, mypy, import layers, pytest.
 source "$(dirname "$0")/env.sh"
 cd "$REPO_ROOT"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONDONTWRITEBYTECODE=1
@@ -14,6 +14,7 @@ echo "==> control plane binaries ready ($(( $(date +%s) - start ))s)"
 
 echo "==> ruff"; ruff check . && ruff format --check .
 echo "==> mypy"; mypy
+echo "==> import layers"; lint-imports --no-cache
 echo "==> pytest"
 set +e
 pytest -p no:cacheprovider -ra "$@"
