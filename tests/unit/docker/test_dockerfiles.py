@@ -124,7 +124,7 @@ def test_operator_image_installs_the_base_package_without_torch() -> None:
     dockerfile = parse(DOCKERFILES["operator"])
     assert "python:" in dockerfile.stages[0].base and "slim" in dockerfile.stages[0].base
     runs = " ".join(cmd for stage in dockerfile.stages for cmd in stage.commands("RUN"))
-    assert re.search(r"pip install \.(\s|$)", runs), "the operator image installs `pip install .` (no extras)"
+    assert re.search(r"pip install --no-deps \.(\s|$)", runs), "the operator image installs `.` (no extras)"
     assert "[inference]" not in runs and "torch" not in runs.replace("find_spec('torch')", "")
     # And the base install really has no torch (the inference extra is the only way in).
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
@@ -137,8 +137,68 @@ def test_inference_image_is_cuda_pytorch_with_the_inference_extra() -> None:
     for stage in dockerfile.stages:
         assert stage.base.startswith("pytorch/pytorch:") and "cuda" in stage.base and "runtime" in stage.base
     runs = " ".join(cmd for stage in dockerfile.stages for cmd in stage.commands("RUN"))
-    assert 'pip install ".[inference]"' in runs
+    assert 'pip install --no-deps ".[inference]"' in runs
     assert dockerfile.final.commands("EXPOSE") == ["8000"]
+
+
+LOCKS = {
+    "operator": REPO_ROOT / "requirements" / "operator.txt",
+    "inference": REPO_ROOT / "requirements" / "inference.txt",
+}
+
+
+def _pins(lock: Path) -> dict[str, list[str]]:
+    """name -> pinned versions (a universal lock may pin one package twice, per Python version)."""
+    pins: dict[str, list[str]] = {}
+    for line in lock.read_text().splitlines():
+        match = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^ ;\\]+)", line)
+        if match:
+            pins.setdefault(_canonical(match.group(1)), []).append(match.group(2))
+    return pins
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@pytest.mark.parametrize("component", sorted(LOCKS))
+def test_images_install_dependencies_from_the_lock_before_the_source(component: str) -> None:
+    build = parse(DOCKERFILES[component]).stages[0]
+    order = [(ins, args) for ins, args in build.instructions if ins in ("COPY", "RUN")]
+    lock_install = next(i for i, (ins, args) in enumerate(order) if ins == "RUN" and "--require-hashes" in args)
+    assert f"requirements/{component}.txt" in order[lock_install][1] and "--no-deps" in order[lock_install][1]
+    source_copy = next(i for i, (ins, args) in enumerate(order) if ins == "COPY" and args.startswith("kubediffusion"))
+    assert lock_install < source_copy, "the dependency layer must not depend on the source"
+    package_install = [args for ins, args in order[source_copy:] if ins == "RUN" and "pip" in args]
+    assert package_install and all("--no-deps" in args for args in package_install)
+
+
+@pytest.mark.parametrize("component", sorted(LOCKS))
+def test_locks_pin_every_declared_dependency_within_its_range(component: str) -> None:
+    """The lock agrees with pyproject.toml (rerun scripts/lock.sh after changing dependencies)."""
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    declared = list(project["dependencies"])
+    if component == "inference":
+        declared += project["optional-dependencies"]["inference"]
+    pins = _pins(LOCKS[component])
+    for line in declared:
+        requirement = Requirement(line)
+        name = _canonical(requirement.name)
+        if component == "inference" and name == "torch":
+            assert name not in pins, "torch comes from the inference image's base, never from the lock"
+            continue
+        assert name in pins, f"{name} is declared in pyproject.toml but not in {LOCKS[component].name}"
+        assert all(requirement.specifier.contains(v, prereleases=True) for v in pins[name]), (name, pins[name])
+    pinned_lines = [line for line in LOCKS[component].read_text().splitlines() if "==" in line]
+    assert all(line.rstrip().endswith("\\") for line in pinned_lines), "every pin is followed by its hashes"
+
+
+def test_inference_lock_leaves_out_the_cuda_libraries_of_the_base_image() -> None:
+    pins = _pins(LOCKS["inference"])
+    assert not [name for name in pins if name.startswith("nvidia-") or name in ("torch", "triton")]
+    assert "diffusers" in pins and "transformers" in pins
 
 
 def test_operator_image_user_matches_the_chart_and_inference_user_matches_the_operator() -> None:
