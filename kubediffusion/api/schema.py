@@ -99,8 +99,10 @@ def parse_generation_request(body: bytes, content_type: str | None) -> ImageGene
             f"Invalid Content-Type header ({content_type or 'missing'}), expected application/json."
         )
     try:
-        payload: Any = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # RecursionError: nested too deep
+        payload: Any = json.loads(body, parse_constant=_not_json)
+    # ValueError covers bad JSON, bad UTF-8, NaN/Infinity and integers past Python's digit limit (thousands
+    # of digits); RecursionError, nesting too deep. Each is the client's mistake: a 400, never a 500.
+    except (ValueError, RecursionError):
         raise InvalidRequestError(
             "We could not parse the JSON body of your request. The body must be valid JSON.", code="invalid_json"
         ) from None
@@ -110,6 +112,11 @@ def parse_generation_request(body: bytes, content_type: str | None) -> ImageGene
         return ImageGenerationRequest.model_validate(payload)
     except ValidationError as exc:
         raise validation_error_from_pydantic(list(exc.errors())) from None
+
+
+def _not_json(constant: str) -> Any:
+    """``NaN``/``Infinity``: Python's json accepts them, JSON (and OpenAI) does not."""
+    raise ValueError(f"{constant} is not valid JSON")
 
 
 def resolve_params(
