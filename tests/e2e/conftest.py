@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,11 +24,17 @@ from tests.e2e.stack import E2EStack, RouterProcess
 from tests.support.fixtures import Cluster
 
 
+def runner_pod_cidr() -> str:
+    """A /16 of 127/8 per test run (by process id), so two runs on one machine never share pod addresses
+    (every model pod listens on port 8000 of its own address). 127.10/16 is the fake nodes' range."""
+    return os.environ.get("KUBEDIFFUSION_TEST_RUNNER_CIDR") or f"127.{20 + os.getpid() % 200}.0.0/16"
+
+
 @pytest.fixture(scope="session")
 def pod_runner(
     api_client: client.ApiClient, cache_storage: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[PodRunner]:
-    runner = PodRunner(api_client, cache_storage, tmp_path_factory.mktemp("pods")).start()
+    runner = PodRunner(api_client, cache_storage, tmp_path_factory.mktemp("pods"), pod_cidr=runner_pod_cidr()).start()
     try:
         yield runner
     finally:
