@@ -92,7 +92,7 @@ async def run(args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
 
 
 def _batch_stats(app: Any) -> dict[str, float]:
-    histogram = app.state.metrics.batch_size
+    histogram = app.state.server.metrics.batch_size
     samples = {s.name: s.value for metric in histogram.collect() for s in metric.samples}
     count = samples.get("kubediffusion_inference_batch_size_count", 0.0)
     total = samples.get("kubediffusion_inference_batch_size_sum", 0.0)

@@ -1,17 +1,20 @@
 """The model server that runs in every model pod (``kubediffusion inference``).
 
 Modules, one job each:
-    settings.py  InferenceSettings (env KD_INFERENCE_*, and a CLI flag per field)
-    app.py       create_app(): OpenAI Images API, /health, /readyz, /v1/models, /info, /metrics
+    settings.py  InferenceSettings (env KD_INFERENCE_*, and a CLI flag per field, both read by pydantic-settings)
+    server.py    InferenceServer: settings, defaults, names, metrics, phase, backend, batcher; load, warm up, serve
+    app.py       create_app(): an InferenceServer, the route modules, and a lifespan that starts/stops it
+    deps.py      ServerDep, the routes' Annotated dependency on the app's InferenceServer
+    routes/      APIRouters: images.py (POST /v1/images/generations), health.py (/health /readyz /metrics),
+                 models.py (/v1/models /info)
     batcher.py   bounded queue + dynamic batching in front of the single pipeline thread
     backend.py   the ImageBackend Protocol the app needs (so tests can use a fake)
     pipeline.py  the diffusers backend: load from a local directory, generate (imports torch)
     accel.py     CUDA speed-ups (channels_last, fused QKV, torch.compile), shared with the GPU benchmark
     encoding.py  PNG/JPEG/WebP + base64
     metrics.py   Prometheus metrics in a per-app registry
-    tiny.py      the random-weight smoke-test pipeline (``kubediffusion tiny-model``)
     main.py      ``main(argv)``: settings -> uvicorn; exit 1 when the model cannot be loaded
 
-Only pipeline.py, accel.py and tiny.py import torch/diffusers, and only inside functions, so the app
-can be imported and tested without them.
+Only pipeline.py and accel.py import torch/diffusers, and only inside functions, so the app can be
+imported and tested without them. The random-weight smoke-test pipeline is ``kubediffusion.tinymodel``.
 """

@@ -1,6 +1,6 @@
 """Dynamic batching in front of one worker thread that owns the pipeline.
 
-Rules (each has a unit test in tests/unit/inference/test_batcher.py):
+Rules (each has a unit test in tests/unit/inference/test_inference_batcher.py):
 
 - **Bounded queue, counted in images.** A request of ``n`` images takes ``n`` places. When the waiting
   images plus ``n`` exceed ``max_queue``, ``submit`` raises ``QueueFullError`` (429) with a Retry-After

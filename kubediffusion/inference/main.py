@@ -7,7 +7,6 @@ settings. A missing or incomplete model directory is detected before the server 
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ from pydantic import ValidationError
 from kubediffusion.inference.app import create_app
 from kubediffusion.inference.backend import ModelLoadError
 from kubediffusion.inference.pipeline import check_model_dir
-from kubediffusion.inference.settings import settings_from_args
+from kubediffusion.inference.settings import settings_from_cli
 
 log = logging.getLogger("kubediffusion.inference")
 
@@ -36,9 +35,11 @@ def _fail(message: str) -> None:
 
 def main(argv: list[str]) -> int:
     try:
-        settings = settings_from_args(argv)
-    except (ValidationError, json.JSONDecodeError, ValueError) as exc:
-        sys.stderr.write(f"kubediffusion inference: invalid settings: {exc}\n")
+        settings = settings_from_cli(argv)
+    except (ValidationError, ValueError) as exc:  # pydantic_settings.SettingsError is a ValueError
+        cause = exc.__cause__  # e.g. the JSON decode error behind "error parsing value for field"
+        detail = f" ({cause})" if cause is not None and str(cause) not in str(exc) else ""
+        sys.stderr.write(f"kubediffusion inference: invalid settings: {exc}{detail}\n")
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

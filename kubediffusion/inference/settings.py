@@ -1,19 +1,20 @@
 """Settings of one inference server: environment ``KD_INFERENCE_*`` and the matching CLI flags.
 
-Every field is an environment variable (``KD_INFERENCE_MODEL_DIR``) and a flag (``--model-dir``);
-a flag wins over the environment. JSON-valued fields (``ALIASES``, ``DEFAULTS``, ``LIMITS``,
-``PRESETS``) take JSON in both places; ``--aliases`` also takes a comma-separated list.
+pydantic-settings reads both in one step (``settings_from_cli``): every field is an environment variable
+(``KD_INFERENCE_MODEL_DIR``) and a kebab-case flag (``--model-dir``); a flag wins over the environment.
+Booleans are ``--warmup``/``--no-warmup``. Structured fields (``ALIASES``, ``DEFAULTS``, ``LIMITS``,
+``PRESETS``) take JSON in both places; on the command line ``--aliases`` also takes a comma-separated
+list, and the library adds dotted flags for single keys (``--defaults.steps 2``).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
 
 from kubediffusion.api.limits import GenerationDefaults, GenerationLimits, StylePreset
 
@@ -22,13 +23,25 @@ Device = Literal["auto", "cpu", "cuda"]
 
 
 class InferenceSettings(BaseSettings):
-    """One model server. ``max_queue`` counts images waiting (not requests, not the running batch)."""
+    """Serve one diffusers text-to-image model behind the OpenAI Images API. A flag wins over its env variable."""
 
-    model_config = SettingsConfigDict(env_prefix="KD_INFERENCE_", extra="forbid", frozen=True, protected_namespaces=())
+    model_config = SettingsConfigDict(
+        env_prefix="KD_INFERENCE_",
+        extra="forbid",
+        frozen=True,
+        protected_namespaces=(),
+        cli_prog_name="kubediffusion inference",
+        cli_kebab_case=True,
+        cli_implicit_flags="dual",
+        cli_show_env_vars=True,
+        cli_exit_on_error=False,  # errors raise; main() reports them and exits 2
+    )
 
     model_dir: Path = Field(default=Path("/models/model"), description="diffusers pipeline directory")
     model_name: str = Field(default="", description="name clients use; empty = the directory's name")
-    aliases: list[str] = Field(default_factory=list, description="other names this model answers to (JSON list)")
+    aliases: list[str] = Field(
+        default_factory=list, description="other names this model answers to (JSON list; on the CLI also a,b)"
+    )
     pipeline: str = Field(default="auto", description="'auto' (AutoPipelineForText2Image) or a diffusers class")
     dtype: Dtype = Field(default="float16", description="weights dtype; float16 on CPU falls back to float32")
     device: Device = Field(default="auto", description="auto = cuda when available, else cpu")
@@ -61,45 +74,7 @@ class InferenceSettings(BaseSettings):
         return self.model_name or self.model_dir.name or "model"
 
 
-_JSON_FIELDS = {"defaults", "limits", "presets"}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="kubediffusion inference",
-        description="Serve one diffusers text-to-image model behind the OpenAI Images API.",
-        epilog="Every flag is also an environment variable KD_INFERENCE_<NAME>; the flag wins.",
-    )
-    for name, field in InferenceSettings.model_fields.items():
-        flag = "--" + name.replace("_", "-")
-        help_ = f"{field.description} (env KD_INFERENCE_{name.upper()})"
-        if field.annotation is bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_)
-        else:
-            parser.add_argument(flag, dest=name, default=None, help=help_)
-    return parser
-
-
-def _parse_aliases(raw: str) -> list[str]:
-    if raw.strip().startswith("["):
-        value = json.loads(raw)
-        if not isinstance(value, list):
-            raise ValueError("--aliases must be a JSON list or a comma-separated list")
-        return [str(item) for item in value]
-    return [part for part in raw.split(",") if part.strip()]
-
-
-def settings_from_args(argv: list[str]) -> InferenceSettings:
-    """Flags override environment variables; raises SystemExit (argparse) or pydantic ValidationError."""
-    args = build_parser().parse_args(argv)
-    overrides: dict[str, Any] = {}
-    for name, value in vars(args).items():
-        if value is None:
-            continue
-        if name in _JSON_FIELDS:
-            overrides[name] = json.loads(value)
-        elif name == "aliases":
-            overrides[name] = _parse_aliases(value)
-        else:
-            overrides[name] = value
-    return InferenceSettings(**overrides)
+def settings_from_cli(argv: Sequence[str]) -> InferenceSettings:
+    """Flags over ``KD_INFERENCE_*`` over defaults. ``--help`` prints and raises SystemExit(0); bad input
+    raises ``pydantic.ValidationError`` or ``pydantic_settings.SettingsError`` (a ValueError)."""
+    return CliApp.run(InferenceSettings, cli_args=list(argv))

@@ -150,9 +150,9 @@ async def test_full_queue_answers_429_with_retry_after(tiny_models: dict[str, Pa
     slow = {"prompt": "slow", "num_inference_steps": 16, "size": "256x256"}
     async with serve(settings) as (client, app):
         running = asyncio.create_task(client.post(GENERATE, json=slow))
-        await poll(lambda: app.state.batcher.running_images == 1)
+        await poll(lambda: app.state.server.batcher.running_images == 1)
         queued = asyncio.create_task(client.post(GENERATE, json=slow))
-        await poll(lambda: app.state.batcher.queued_images == 1)
+        await poll(lambda: app.state.server.batcher.queued_images == 1)
         rejected = await client.post(GENERATE, json=slow)
         assert rejected.status_code == 429
         assert rejected.json()["error"]["type"] == "rate_limit_error"

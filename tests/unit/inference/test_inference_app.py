@@ -7,7 +7,7 @@ import base64
 import io
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -18,64 +18,13 @@ from PIL import Image
 
 from kubediffusion.imagemodel.tiny import SMOKE_TEST_MARKER
 from kubediffusion.inference.app import create_app
-from kubediffusion.inference.backend import BackendDescription, ImageJob, ModelLoadError, StepCallback
+from kubediffusion.inference.backend import ModelLoadError
 from kubediffusion.inference.settings import InferenceSettings
 from tests.support.asgi import HangingUpClient
+from tests.unit.inference.fakes import FakeBackend, settings_for
 
 pytestmark = pytest.mark.timeout(30)
 BASE = "http://inference.test"
-
-
-class FakeBackend:
-    """Solid-colour images whose colour is a function of the seed; can hold the worker on a gate."""
-
-    def __init__(self) -> None:
-        self.all_calls: list[list[ImageJob]] = []
-        self.gate = threading.Event()
-        self.gate.set()
-        self.running = threading.Event()
-        self.closed = False
-
-    @property
-    def description(self) -> BackendDescription:
-        return BackendDescription(pipeline_class="FakePipeline", device="cpu", dtype="float32")
-
-    def generate(self, jobs: Sequence[ImageJob], on_step: StepCallback | None = None) -> list[list[Image.Image]]:
-        self.all_calls.append(list(jobs))
-        self.running.set()
-        assert self.gate.wait(10)
-        self.running.clear()
-        for _ in range(jobs[0].params.steps):
-            if on_step is not None:
-                on_step(0.001)
-        return [
-            [Image.new("RGB", (job.params.width, job.params.height), (seed % 256, 7, 9)) for seed in job.seeds]
-            for job in jobs
-        ]
-
-    @property
-    def calls(self) -> list[list[ImageJob]]:
-        """Calls after the warm-up image."""
-        return [call for call in self.all_calls if call[0].params.prompt != "warm-up"]
-
-    def vram(self) -> tuple[int, int] | None:
-        return None
-
-    def close(self) -> None:
-        self.closed = True
-
-
-def settings_for(tmp_path: Path, **overrides: Any) -> InferenceSettings:
-    values: dict[str, Any] = {
-        "model_dir": tmp_path,
-        "model_name": "tiny",
-        "aliases": ["dall-e-2"],
-        "batch_window_ms": 30,
-        "defaults": {"size": "64x64", "steps": 2},
-        "limits": {"minSize": 64, "maxSize": 256, "maxN": 4},
-    }
-    values.update(overrides)
-    return InferenceSettings(**values)
 
 
 @asynccontextmanager
@@ -237,7 +186,7 @@ async def test_full_queue_is_429_with_retry_after(tmp_path: Path, backend: FakeB
 
 
 def _queued(app: Any) -> int:
-    return int(app.state.batcher.queued_images)
+    return int(app.state.server.batcher.queued_images)
 
 
 async def test_readyz_is_503_until_loaded_and_warm_then_200(tmp_path: Path, backend: FakeBackend) -> None:
@@ -345,7 +294,7 @@ async def test_shutdown_closes_the_backend(tmp_path: Path, backend: FakeBackend)
 
 
 def test_defaults_from_the_environment_count_as_configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from kubediffusion.inference.app import effective_defaults
+    from kubediffusion.inference.server import effective_defaults
 
     marker = {"smoke_test": True, "defaults": {"size": "64x64", "steps": 2}}
     monkeypatch.setenv("KD_INFERENCE_DEFAULTS", '{"size": "512x512"}')

@@ -1,4 +1,4 @@
-"""InferenceSettings: KD_INFERENCE_* environment, CLI flags for every field, flags win."""
+"""InferenceSettings: KD_INFERENCE_* environment, CLI flags for every field (pydantic-settings), flags win."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from kubediffusion.inference import main as inference_main
-from kubediffusion.inference.settings import InferenceSettings, build_parser, settings_from_args
+from kubediffusion.inference.settings import InferenceSettings, settings_from_cli
 
 
 @pytest.fixture(autouse=True)
@@ -43,16 +43,44 @@ def test_environment_is_read_with_the_prefix(monkeypatch: pytest.MonkeyPatch) ->
     assert settings.presets["anime"].negative_prompt == "photo"
 
 
-def test_every_field_is_a_flag() -> None:
-    flags = {option for action in build_parser()._actions for option in action.option_strings}
+def test_help_lists_every_field_as_a_flag_with_its_environment_variable(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        inference_main.main(["--help"])
+    assert exit_.value.code == 0
+    help_ = capsys.readouterr().out
+    assert help_.startswith("usage: kubediffusion inference")
     for name in InferenceSettings.model_fields:
-        assert "--" + name.replace("_", "-") in flags
+        assert f"--{name.replace('_', '-')}" in help_
+        assert f"KD_INFERENCE_{name.upper()}" in help_
+    assert "--no-warmup" in help_ and "--no-compile" in help_
+
+
+@pytest.mark.parametrize(
+    ("argv", "field", "value"),
+    [
+        (["--model-dir", "/m"], "model_dir", Path("/m")),
+        (["--model-name=n"], "model_name", "n"),
+        (["--pipeline", "StableDiffusionXLPipeline"], "pipeline", "StableDiffusionXLPipeline"),
+        (["--device", "cpu"], "device", "cpu"),
+        (["--host", "0.0.0.0"], "host", "0.0.0.0"),
+        (["--max-batch-size", "8"], "max_batch_size", 8),
+        (["--max-queue", "3"], "max_queue", 3),
+        (["--warmup"], "warmup", True),
+        (["--no-warmup"], "warmup", False),
+        (["--compile"], "compile", True),
+        (["--log-level", "DEBUG"], "log_level", "debug"),
+    ],
+)
+def test_each_flag_sets_its_field(argv: list[str], field: str, value: object) -> None:
+    settings = settings_from_cli(argv)
+    assert getattr(settings, field) == value
+    assert settings.model_fields_set == {field}
 
 
 def test_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KD_INFERENCE_PORT", "9000")
     monkeypatch.setenv("KD_INFERENCE_COMPILE", "true")
-    settings = settings_from_args(
+    settings = settings_from_cli(
         [
             "--model-dir",
             "/tmp/m",
@@ -76,7 +104,28 @@ def test_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_aliases_flag_accepts_json() -> None:
-    assert settings_from_args(["--aliases", '["x", "y"]']).aliases == ["x", "y"]
+    assert settings_from_cli(["--aliases", '["x", "y"]']).aliases == ["x", "y"]
+
+
+def test_json_flags_win_key_by_key_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KD_INFERENCE_PRESETS", '{"anime": {"prompt": "{prompt}, anime"}}')
+    monkeypatch.setenv("KD_INFERENCE_DEFAULTS", '{"steps": 9, "size": "256x256"}')
+    monkeypatch.setenv("KD_INFERENCE_ALIASES", '["env-alias"]')
+    settings = settings_from_cli(
+        ["--presets", '{"noir": {"prompt": "{prompt}, noir"}}', "--defaults", '{"steps": 3}', "--aliases", "cli"]
+    )
+    assert set(settings.presets) == {"anime", "noir"}  # objects merge (as pydantic-settings merges sources)
+    assert (settings.defaults.steps, settings.defaults.size) == (3, "256x256")
+    assert settings.aliases == ["cli"]  # a list is replaced
+    assert "defaults" in settings.model_fields_set  # counts as configured: the tiny model's marker is ignored
+
+
+def test_environment_alone_is_used_when_no_flag_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KD_INFERENCE_MODEL_NAME", "from-env")
+    monkeypatch.setenv("KD_INFERENCE_WARMUP", "false")
+    settings = settings_from_cli([])
+    assert (settings.served_name, settings.warmup) == ("from-env", False)
+    assert "defaults" not in settings.model_fields_set
 
 
 @pytest.mark.parametrize(
@@ -87,10 +136,23 @@ def test_aliases_flag_accepts_json() -> None:
         ["--limits", "{not json"],
         ["--defaults", '{"size": "huge"}'],
         ["--log-level", "loud"],
+        ["--presets", "[1]"],
+        ["--port", "eighty"],
+        ["--no-such-flag", "1"],
     ],
 )
-def test_bad_settings_exit_2(argv: list[str]) -> None:
+def test_bad_settings_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert inference_main.main(argv) == 2
+    assert "kubediffusion inference: invalid settings:" in capsys.readouterr().err
+
+
+def test_bad_environment_exits_2_and_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("KD_INFERENCE_LIMITS", "{not json")
+    assert inference_main.main([]) == 2
+    err = capsys.readouterr().err
+    assert '"limits"' in err and "Expecting property name" in err
 
 
 def test_missing_model_dir_exits_1_before_serving(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

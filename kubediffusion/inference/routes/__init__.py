@@ -1,0 +1,1 @@
+"""HTTP routes of the inference server, one ``APIRouter`` per group; ``create_app`` includes them all."""

@@ -1,0 +1,77 @@
+"""``POST /v1/images/generations``: the OpenAI Images API in front of the server's batcher.
+
+Requests are answered only for ``model`` null, the served name or one of its aliases (else 404
+``model_not_found``). ``response_format=url`` is accepted and answered with ``b64_json``: storing
+images and signing URLs is the router's job, and the router asks pods for b64_json. A client that
+hangs up is dropped from the queue and counted as ``disconnected`` (status 499, which nobody reads).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from kubediffusion.api.disconnect import await_unless_disconnected
+from kubediffusion.api.errors import (
+    APIError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    QueueFullError,
+    ServiceUnavailableError,
+)
+from kubediffusion.api.schema import (
+    ImageData,
+    ImagesResponse,
+    now_seconds,
+    parse_generation_request,
+    resolve_params,
+    response_echo,
+)
+from kubediffusion.inference.deps import ServerDep
+
+router = APIRouter()
+
+
+@router.post("/v1/images/generations")
+async def generations(request: Request, server: ServerDep) -> Response:
+    requests = server.metrics.requests
+    try:
+        body = await request.body()
+        image_request = parse_generation_request(body, request.headers.get("content-type"))
+        server.check_model(image_request.model)
+        params = resolve_params(image_request, server.defaults, server.settings.limits, server.settings.presets)
+        encoded = await await_unless_disconnected(request, server.generate(params))
+    except APIError as exc:
+        requests.labels(outcome(exc)).inc()
+        raise
+    except asyncio.CancelledError:
+        requests.labels("disconnected").inc()
+        raise
+    except Exception:
+        requests.labels("error").inc()
+        raise
+    if encoded is None:
+        requests.labels("disconnected").inc()
+        return Response(status_code=499)
+    requests.labels("success").inc()
+    response = ImagesResponse(
+        created=now_seconds(),
+        data=[ImageData(b64_json=b64) for b64 in encoded],
+        **response_echo(image_request, params),
+    )
+    return JSONResponse(response.model_dump(exclude_none=True))
+
+
+def outcome(error: APIError) -> str:
+    """The ``outcome`` label of ``kubediffusion_inference_requests_total`` for a request that failed."""
+    if isinstance(error, QueueFullError):
+        return "queue_full"
+    if isinstance(error, ModelNotFoundError):
+        return "model_not_found"
+    if isinstance(error, ServiceUnavailableError):
+        return "not_ready"
+    if isinstance(error, InvalidRequestError) or error.status_code < 500:
+        return "invalid"
+    return "error"

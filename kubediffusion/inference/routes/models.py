@@ -1,0 +1,74 @@
+"""What this server serves: ``/v1/models`` (OpenAI's list shape) and ``/info`` (model, config, machine)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import psutil
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+
+from kubediffusion.inference.deps import ServerDep
+from kubediffusion.inference.server import InferenceServer
+
+router = APIRouter()
+
+
+def model_card(server: InferenceServer) -> dict[str, Any]:
+    settings = server.settings
+    description = server.backend.description if server.backend is not None else None
+    return {
+        "id": settings.served_name,
+        "object": "model",
+        "created": int(server.started_at),
+        "owned_by": "kubediffusion",
+        "aliases": list(settings.aliases),
+        "ready": server.phase == "ready",
+        "smoke_test": server.smoke_test,
+        "pipeline": description.pipeline_class if description else None,
+    }
+
+
+@router.get("/v1/models")
+async def models(server: ServerDep) -> Response:
+    return JSONResponse({"object": "list", "data": [model_card(server)]})
+
+
+@router.get("/info")
+async def info(server: ServerDep) -> Response:
+    settings, backend, batcher = server.settings, server.backend, server.batcher
+    description = backend.description if backend is not None else None
+    memory = psutil.virtual_memory()
+    vram = backend.vram() if backend is not None else None
+    return JSONResponse(
+        {
+            "model": model_card(server),
+            "phase": server.phase,
+            "error": server.error,
+            "smoke_test": server.smoke_test,
+            "model_dir": str(settings.model_dir),
+            "device": description.device if description else None,
+            "dtype": description.dtype if description else settings.dtype,
+            "compiled": description.compiled if description else False,
+            "defaults": server.defaults.model_dump(by_alias=True),
+            "limits": settings.limits.model_dump(by_alias=True),
+            "presets": {name: p.model_dump(by_alias=True) for name, p in settings.presets.items()},
+            "serving": {
+                "maxBatchSize": settings.max_batch_size,
+                "batchWindowMs": settings.batch_window_ms,
+                "maxQueue": settings.max_queue,
+                "queuedImages": batcher.queued_images,
+                "runningImages": batcher.running_images,
+            },
+            "system": {
+                "cpuPercent": psutil.cpu_percent(interval=None),
+                "cpuCount": psutil.cpu_count(),
+                "ramTotalBytes": memory.total,
+                "ramAvailableBytes": memory.available,
+                "vramTotalBytes": vram[1] if vram else None,
+                "vramFreeBytes": vram[0] if vram else None,
+            },
+            "uptimeSeconds": round(time.time() - server.started_at, 3),
+        }
+    )

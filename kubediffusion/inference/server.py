@@ -1,0 +1,197 @@
+"""``InferenceServer``: the long-lived state of one model server, and its life from loading to shutdown.
+
+It owns the settings, the effective defaults, the names it answers to, the metrics, the phase, the
+backend and the batcher. ``start()`` (the app's lifespan) starts the batcher and, in the background,
+loads the model and makes warm-up images in the batcher's worker thread, so ``/health`` answers at once
+and ``/readyz`` is 503 until the model is warm. A load failure puts the server in phase ``failed``
+(``/health`` and ``/readyz`` 503 with the reason) and calls ``on_fatal`` (``main`` exits non-zero).
+The HTTP routes (``inference/routes``) only read this object and call its methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+from kubediffusion.api.errors import ModelNotFoundError, ServiceUnavailableError
+from kubediffusion.api.limits import GenerationDefaults
+from kubediffusion.api.schema import MAX_SEED, GenerationParams
+from kubediffusion.inference.backend import BackendLoader, ImageBackend, ImageJob, ModelLoadError
+from kubediffusion.inference.batcher import Batcher
+from kubediffusion.inference.encoding import encode_image, to_b64
+from kubediffusion.inference.metrics import InferenceMetrics
+from kubediffusion.inference.settings import InferenceSettings
+from kubediffusion.tinymodel import read_smoke_test_marker
+
+log = logging.getLogger(__name__)
+
+Phase = Literal["loading", "warming", "ready", "failed"]
+NOT_READY_RETRY_AFTER = 5.0
+WARMUP_MAX_STEPS = 2
+
+
+def effective_defaults(settings: InferenceSettings, marker: dict[str, Any] | None) -> GenerationDefaults:
+    """Configured defaults; for the tiny model without configured ones, the marker's (64x64, 2 steps)."""
+    if "defaults" in settings.model_fields_set or marker is None or not isinstance(marker.get("defaults"), dict):
+        return settings.defaults
+    return GenerationDefaults.model_validate(marker["defaults"])
+
+
+def batch_key(job: ImageJob) -> tuple[Any, ...]:
+    # Empty and non-empty negative prompts are not mixed: SDXL encodes "" differently from none.
+    return (*job.params.batch_key, job.params.negative_prompt == "")
+
+
+def _load_default_backend(settings: InferenceSettings) -> ImageBackend:
+    from kubediffusion.inference.pipeline import load_backend  # imports torch only when really loading
+
+    return load_backend(settings)
+
+
+class InferenceServer:
+    """One model behind one batcher. ``start()`` and ``stop()`` run inside the event loop."""
+
+    def __init__(
+        self,
+        settings: InferenceSettings,
+        loader: BackendLoader | None = None,
+        *,
+        on_fatal: Callable[[str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.marker = read_smoke_test_marker(settings.model_dir)
+        self.defaults = effective_defaults(settings, self.marker)
+        self.names = frozenset({settings.served_name, *settings.aliases})
+        self.metrics = InferenceMetrics()
+        self.phase: Phase = "loading"
+        self.error: str | None = None
+        self.backend: ImageBackend | None = None
+        self.started_at = time.time()
+        self.ready_at: float | None = None
+        self._load = loader or _load_default_backend
+        self._on_fatal = on_fatal
+        self._loading: asyncio.Task[None] | None = None
+        self.batcher: Batcher[ImageJob, list[str]] = Batcher(
+            self._run_batch,
+            key=batch_key,
+            size=lambda job: len(job.seeds),
+            max_batch_size=settings.max_batch_size,
+            batch_window_s=settings.batch_window_ms / 1000,
+            max_queue=settings.max_queue,
+            on_batch=self._on_batch,
+        )
+        self.metrics.queue_depth.set_function(lambda: self.batcher.queued_images)
+
+    @property
+    def smoke_test(self) -> bool:
+        return self.marker is not None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.batcher.start()
+        self._loading = asyncio.create_task(self._load_and_warm(), name="kd-load")
+
+    async def stop(self) -> None:
+        if self._loading is not None:
+            self._loading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loading
+            self._loading = None
+        await self.batcher.stop()
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
+
+    async def _load_and_warm(self) -> None:
+        settings = self.settings
+        try:
+            backend: ImageBackend = await self.batcher.run_exclusive(lambda: self._load(settings))
+            self.backend = backend
+            if settings.warmup:
+                self.phase = "warming"
+                await self.batcher.run_exclusive(lambda: self._warm_up(backend))
+        except Exception as exc:
+            self.phase = "failed"
+            self.error = str(exc) or type(exc).__name__
+            log.error("model failed to load: %s", self.error, exc_info=not isinstance(exc, ModelLoadError))
+            if self._on_fatal is not None:
+                self._on_fatal(self.error)
+            return
+        self.phase = "ready"
+        self.ready_at = time.time()
+        self.metrics.ready.set(1)
+        log.info("ready: serving %s (%s)", settings.served_name, ", ".join(sorted(self.names)))
+
+    def _warm_up(self, backend: ImageBackend) -> None:
+        """In the worker thread: one small image per batch shape the server will run."""
+        width, height = self.defaults.width_height
+        params = GenerationParams(
+            prompt="warm-up",
+            negative_prompt="",
+            n=1,
+            width=width,
+            height=height,
+            steps=min(self.defaults.steps, WARMUP_MAX_STEPS),
+            guidance=self.defaults.guidance,
+            seed=0,
+            output_format="png",
+            output_compression=100,
+        )
+        # Compiled pipelines compile per batch shape: warm every batch size the batcher can form.
+        sizes = range(1, self.settings.max_batch_size + 1) if backend.description.compiled else (1,)
+        for n in sizes:
+            job = ImageJob(params=dataclasses.replace(params, n=n), seeds=tuple(range(n)))
+            started = time.monotonic()
+            images = backend.generate([job])
+            if len(images) != 1 or len(images[0]) != n:
+                raise RuntimeError(f"warm-up returned {len(images[0]) if images else 0} images, expected {n}")
+            encode_image(images[0][0], "png")
+            log.info("warm-up batch of %d at %dx%d took %.2fs", n, width, height, time.monotonic() - started)
+
+    # -- serving --------------------------------------------------------------------------------
+
+    def check_model(self, model: str | None) -> None:
+        """Requests name no model, the served name or an alias; anything else is 404 model_not_found."""
+        if model is not None and model not in self.names:
+            raise ModelNotFoundError(model)
+
+    def not_ready_error(self) -> ServiceUnavailableError:
+        if self.phase == "failed":
+            return ServiceUnavailableError(f"The model failed to load: {self.error}", code="model_load_failed")
+        return ServiceUnavailableError(
+            f"The model is {self.phase}; try again shortly.", code="model_not_ready", retry_after=NOT_READY_RETRY_AFTER
+        )
+
+    def require_ready(self) -> None:
+        if self.phase != "ready":
+            raise self.not_ready_error()
+
+    async def generate(self, params: GenerationParams) -> list[str]:
+        """Queue one request (seeds ``seed, seed+1, …``; a fresh base seed when none) and wait for its
+        base64 images. Cancelling the caller drops the request from the queue (see batcher.py)."""
+        self.require_ready()
+        base = params.seed if params.seed is not None else secrets.randbelow(MAX_SEED - 64)
+        job = ImageJob(params=params, seeds=tuple(base + i for i in range(params.n)))
+        return await self.batcher.submit(job)
+
+    def _run_batch(self, jobs: list[ImageJob]) -> list[list[str]]:
+        """In the worker thread: generate, then encode (PNG/JPEG/WebP + base64) off the event loop."""
+        backend = self.backend
+        if backend is None:
+            raise ServiceUnavailableError("The model is not loaded.", retry_after=NOT_READY_RETRY_AFTER)
+        images = backend.generate(jobs, on_step=self.metrics.step_seconds.observe)
+        return [
+            [to_b64(encode_image(image, job.params.output_format, job.params.output_compression)) for image in imgs]
+            for job, imgs in zip(jobs, images, strict=True)
+        ]
+
+    def _on_batch(self, images: int, _seconds: float) -> None:
+        self.metrics.batch_size.observe(images)
+        self.metrics.images.inc(images)
