@@ -1,15 +1,15 @@
 """The ImageModel operator: ImageModel (kubediffusion.io/v1alpha1) → cache PVC + Job, Deployment, Service.
 
-Modules, in the order a reconcile uses them:
+Modules, in the order a reconcile uses them (the ImageModel contract it shares with the router, i.e.
+typed spec, typed status, names and labels, lives in :mod:`kubediffusion.imagemodel`):
 
-- ``spec``      typed ImageModel spec (pydantic; no kopf/kubernetes imports, the router reads it too)
-- ``settings``  ``KD_OPERATOR_*`` settings (namespace, inference image, hardware profiles, resync/poll)
-- ``names``     fixed child names, labels, owner reference (docs/contracts.md)
+- ``settings``  CLI flags and ``KD_OPERATOR_*`` settings (namespace, inference image, hardware profiles, resync/poll)
 - ``resources`` pure manifest builders
-- ``status``    status as a pure function of observed children (phase, conditions, reasons, events)
-- ``kube``      the only module that talks to the API server (server-side apply, get/list/delete)
+- ``problems``  what the kubelet, scheduler and Job controller report as wrong with our pods and Jobs
+- ``status``    the typed status as a pure function of one reconcile's observations (phase, conditions, events)
+- ``kube``      the only module that talks to the API server (lightkube; server-side apply, get/list/delete)
 - ``reconcile`` one level-triggered reconcile: read → parse → observe → build → apply → status
 - ``handlers``  kopf registration (create/update/resume + timer → reconcile); ``main`` runs kopf
 
-Condition reasons are a contract (alerts and tests match them): see ``status``.
+Condition reasons are a contract (alerts and tests match them): see :mod:`kubediffusion.imagemodel.status`.
 """

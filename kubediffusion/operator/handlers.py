@@ -9,7 +9,7 @@ settled model wakes at the next resync and takes over (see :func:`follows_update
 ``kopf.PermanentError`` (no retry storm); the timer still looks at it every resync, so creating a missing
 Secret heals it.
 
-Handlers are sync (kopf runs them in a thread pool) with the sync kubernetes client; a per-model lock
+Handlers are sync (kopf runs them in a thread pool) with lightkube's sync client; a per-model lock
 keeps the timer and a change handler from reconciling the same model at once.
 """
 
@@ -18,14 +18,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import kopf
 
 from kubediffusion.imagemodel import names
 from kubediffusion.imagemodel.resource import GROUP, PLURAL, VERSION
-from kubediffusion.operator.kube import Kube, new_api_client
+from kubediffusion.operator.kube import Kube, new_client
 from kubediffusion.operator.reconcile import Outcome, Refused, reconcile
 from kubediffusion.operator.settings import OperatorSettings
 from kubediffusion.operator.status import Event
@@ -35,14 +35,39 @@ FINALIZER = "kubediffusion.io/operator"
 POD_SELECTOR = f"app.kubernetes.io/managed-by={names.FIELD_MANAGER},{names.MODEL_LABEL}"
 
 
-class _Locks:
+class _Entry:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users = 0  # holding or waiting
+
+
+class Locks:
+    """One lock per model, kept only while someone holds or waits for it (models come and go)."""
+
     def __init__(self) -> None:
         self._guard = threading.Lock()
-        self._locks: dict[str, threading.Lock] = {}
+        self._entries: dict[str, _Entry] = {}
 
-    def get(self, key: str) -> threading.Lock:
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @contextlib.contextmanager
+    def hold(self, key: str, *, block: bool) -> Iterator[bool]:
+        """Yields whether the lock was taken (always, when ``block``)."""
         with self._guard:
-            return self._locks.setdefault(key, threading.Lock())
+            entry = self._entries.setdefault(key, _Entry())
+            entry.users += 1
+        acquired = False
+        try:
+            acquired = entry.lock.acquire(blocking=block)
+            yield acquired
+        finally:
+            if acquired:
+                entry.lock.release()
+            with self._guard:
+                entry.users -= 1
+                if entry.users == 0:
+                    del self._entries[key]
 
 
 def _post(body: Mapping[str, Any], event: Event) -> None:
@@ -83,29 +108,28 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
 
 def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
     """Register the operator's handlers into ``registry`` (a fresh one per operator instance)."""
-    locks = _Locks()
+    locks = Locks()
     state: dict[str, Kube] = {}
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        # A custom registry gets no default login handler: in-cluster, else $KUBECONFIG.
-        return kopf.login_via_client(**kwargs)
+        # A custom registry gets no default login handler: in-cluster service account, else $KUBECONFIG
+        # (kopf's own; login_via_client would need the kubernetes package).
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure_kopf(settings)
-        state["kube"] = Kube(new_api_client())
+        state["kube"] = Kube(new_client())
 
     def run(namespace: str, name: str, *, block: bool) -> Outcome | None:
-        lock = locks.get(f"{namespace}/{name}")
-        if not lock.acquire(blocking=block):
-            raise kopf.TemporaryError("another reconcile of this model is running", delay=config.poll_seconds)
-        try:
-            return reconcile(state["kube"], config, namespace=namespace, name=name, post_event=_post)
-        except Refused as exc:
-            raise kopf.PermanentError(str(exc)) from None
-        finally:
-            lock.release()
+        with locks.hold(f"{namespace}/{name}", block=block) as held:
+            if not held:
+                raise kopf.TemporaryError("another reconcile of this model is running", delay=config.poll_seconds)
+            try:
+                return reconcile(state["kube"], config, namespace=namespace, name=name, post_event=_post)
+            except Refused as exc:
+                raise kopf.PermanentError(str(exc)) from None
 
     @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
     @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)

@@ -1,38 +1,49 @@
 """All Kubernetes API access of the operator, in one small module, with plain dicts in and out.
 
-Writes are server-side apply (``application/apply-patch+yaml``, field manager
-``kubediffusion-operator``, force) of whole objects, so applying twice is a no-op and someone else's
-edit to a field we manage is taken back on the next reconcile. Tests point this at the real API server.
+lightkube's sync client does the plumbing (config, paths, encoding, typed decoding); this module keeps
+the operator's interface to it small: builders and status are pure functions on dicts, so objects go
+in as dicts and come back as dicts (``to_dict`` of lightkube's typed models, which drops fields the
+models do not know: only fields the operator reads matter here).
+
+Writes are server-side apply of whole objects (field manager ``kubediffusion-operator``, force), so
+applying twice is a no-op and someone else's edit to a field we manage is taken back on the next
+reconcile. The ImageModel's status is applied the same way on its status subresource: a field the
+operator stops applying is removed by the API server. Tests point this at the real API server.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
-from kubernetes import client
+import httpx2
+from lightkube import ApiError, Client
+from lightkube.core.resource import NamespacedResource
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.batch_v1 import Job
+from lightkube.resources.core_v1 import PersistentVolumeClaim, Pod, Secret, Service
+from lightkube.types import CascadeType, PatchType
 
 from kubediffusion.imagemodel.names import FIELD_MANAGER
-from kubediffusion.imagemodel.resource import GROUP, PLURAL, VERSION
-
-log = logging.getLogger(__name__)
+from kubediffusion.imagemodel.resource import API_VERSION, GROUP, KIND, PLURAL, VERSION
 
 Obj = dict[str, Any]
 TIMEOUT = 30.0
 
-# kind -> collection path (namespaced); the only kinds the operator touches.
-_PATHS = {
-    "PersistentVolumeClaim": "/api/v1/namespaces/{ns}/persistentvolumeclaims",
-    "Service": "/api/v1/namespaces/{ns}/services",
-    "Pod": "/api/v1/namespaces/{ns}/pods",
-    "Secret": "/api/v1/namespaces/{ns}/secrets",
-    "Job": "/apis/batch/v1/namespaces/{ns}/jobs",
-    "Deployment": "/apis/apps/v1/namespaces/{ns}/deployments",
-    "ImageModel": f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{PLURAL}",
+ImageModel = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
+
+# kind -> resource; the only kinds the operator touches.
+RESOURCES: dict[str, type[NamespacedResource]] = {
+    "PersistentVolumeClaim": PersistentVolumeClaim,
+    "Service": Service,
+    "Pod": Pod,
+    "Secret": Secret,
+    "Job": Job,
+    "Deployment": Deployment,
+    KIND: ImageModel,
 }
 
 
@@ -47,80 +58,59 @@ class KubeError(Exception):
         return f"{self.status}: {self.message}"
 
 
+@contextlib.contextmanager
+def _answers() -> Iterator[None]:
+    """lightkube raises ApiError for JSON error bodies and plain httpx2 errors for others: one KubeError."""
+    try:
+        yield
+    except ApiError as exc:
+        raise KubeError(exc.response.status_code, exc.status.message or str(exc)) from None
+    except httpx2.HTTPStatusError as exc:
+        raise KubeError(exc.response.status_code, exc.response.text[:500]) from None
+
+
+def _plain(obj: Any) -> Obj:
+    out: Obj = obj.to_dict()
+    return out
+
+
 class Kube:
-    def __init__(self, api: client.ApiClient) -> None:
-        self.api = api
-
-    def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        query: list[tuple[str, str]] | None = None,
-        body: object = None,
-        content_type: str = "application/json",
-    ) -> Obj:
-        headers = {"Accept": "application/json"}
-        payload: object = None
-        if body is not None:
-            headers["Content-Type"] = content_type
-            payload = body  # the REST layer serializes JSON (and apply-patch+yaml) bodies
-        request = self.api.param_serialize(
-            method=method,
-            resource_path=path,
-            query_params=query or [],
-            header_params=headers,
-            body=payload,
-            auth_settings=["BearerToken"],
-        )
-        response = self.api.call_api(*request, _request_timeout=TIMEOUT)
-        raw: bytes = response.read()  # type: ignore[no-untyped-call]
-        if not 200 <= response.status < 300:
-            try:
-                message = json.loads(raw).get("message", "")
-            except ValueError:
-                message = raw.decode(errors="replace")[:500]
-            raise KubeError(response.status, message)
-        return json.loads(raw) if raw else {}
-
-    @staticmethod
-    def _item(kind: str, namespace: str, name: str = "") -> str:
-        base = _PATHS[kind].format(ns=quote(namespace))
-        return f"{base}/{quote(name)}" if name else base
+    def __init__(self, client: Client) -> None:
+        self.client = client
 
     def apply(self, obj: Mapping[str, Any]) -> Obj:
         """Server-side apply the whole object; returns it as stored (with status)."""
         meta = obj["metadata"]
-        return self._request(
-            "PATCH",
-            self._item(obj["kind"], meta["namespace"], meta["name"]),
-            query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
-            body=obj,
-            content_type="application/apply-patch+yaml",
-        )
+        with _answers():
+            stored = self.client.patch(
+                RESOURCES[obj["kind"]],
+                meta["name"],
+                dict(obj),
+                namespace=meta["namespace"],
+                patch_type=PatchType.APPLY,
+                field_manager=FIELD_MANAGER,
+                force=True,
+            )
+        return _plain(stored)
 
     def get(self, kind: str, namespace: str, name: str) -> Obj | None:
         try:
-            return self._request("GET", self._item(kind, namespace, name))
+            with _answers():
+                return _plain(self.client.get(RESOURCES[kind], name, namespace=namespace))
         except KubeError as exc:
             if exc.status == 404:
                 return None
             raise
 
     def list(self, kind: str, namespace: str, selector: Mapping[str, str]) -> list[Obj]:
-        label_selector = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
-        answer = self._request("GET", self._item(kind, namespace), query=[("labelSelector", label_selector)])
-        items: list[Obj] = answer.get("items") or []
-        return items
+        with _answers():
+            return [_plain(o) for o in self.client.list(RESOURCES[kind], namespace=namespace, labels=dict(selector))]
 
     def delete(self, kind: str, namespace: str, name: str, *, propagation: str = "Background") -> None:
         """Delete; the garbage collector removes dependents (``Foreground``: before the object goes). Absent is fine."""
         try:
-            self._request(
-                "DELETE",
-                self._item(kind, namespace, name),
-                body={"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": propagation},
-            )
+            with _answers():
+                self.client.delete(RESOURCES[kind], name, namespace=namespace, cascade=CascadeType(propagation))
         except KubeError as exc:
             if exc.status != 404:
                 raise
@@ -132,26 +122,30 @@ class Kube:
             return None
         return key in (secret.get("data") or {}) or key in (secret.get("stringData") or {})
 
-    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        """Merge-patch the ImageModel's status subresource (None values remove fields)."""
+    def apply_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        """Server-side apply the ImageModel's status subresource: fields left out of ``status`` are removed."""
+        body = {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "metadata": {"name": name, "namespace": namespace},
+            "status": dict(status),
+        }
         try:
-            self._request(
-                "PATCH",
-                self._item("ImageModel", namespace, name) + "/status",
-                body={"status": status},
-                content_type="application/merge-patch+json",
-            )
+            with _answers():
+                self.client.patch(
+                    ImageModel.Status,
+                    name,
+                    body,
+                    namespace=namespace,
+                    patch_type=PatchType.APPLY,
+                    field_manager=FIELD_MANAGER,
+                    force=True,
+                )
         except KubeError as exc:
             if exc.status != 404:  # deleted meanwhile: nothing to report on
                 raise
 
 
-def new_api_client() -> client.ApiClient:
+def new_client() -> Client:
     """In-cluster service account, else $KUBECONFIG / ~/.kube/config."""
-    from kubernetes import config
-
-    try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        config.load_kube_config()  # type: ignore[no-untyped-call]
-    return client.ApiClient()
+    return Client(field_manager=FIELD_MANAGER, timeout=httpx2.Timeout(TIMEOUT))

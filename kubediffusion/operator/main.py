@@ -1,37 +1,31 @@
 """``kubediffusion operator``: run the ImageModel operator (kopf) until SIGTERM.
 
-Settings come from ``KD_OPERATOR_*`` (see settings.py); ``--namespace`` overrides the watched
-namespaces. Standalone (one replica, ``Recreate``): no kopf peering CRD is needed. Liveness:
+Settings come from flags and ``KD_OPERATOR_*`` (see settings.py; ``--help`` lists them). Standalone
+(one replica, ``Recreate``): no kopf peering CRD is needed. Liveness:
 ``http://0.0.0.0:<health-port>/healthz``. The Kubernetes login is in-cluster or ``$KUBECONFIG``.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
+import sys
 
 import kopf
+from pydantic import ValidationError
+from pydantic_settings import CliApp, SettingsError
 
 from kubediffusion.operator.handlers import make_registry
 from kubediffusion.operator.settings import OperatorSettings
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="kubediffusion operator", description=__doc__.splitlines()[0])
-    parser.add_argument("--namespace", help="comma-separated namespaces to watch (default: settings; empty = all)")
-    parser.add_argument("--health-port", type=int, help="liveness port (0 = no endpoint)")
-    parser.add_argument("--verbose", action="store_true")
-    args = parser.parse_args(argv)
-
-    overrides: dict[str, object] = {}
-    if args.namespace is not None:
-        overrides["namespace"] = args.namespace
-    if args.health_port is not None:
-        overrides["health_port"] = args.health_port
-    config = OperatorSettings(**overrides)  # type: ignore[arg-type]
-
-    kopf.configure(verbose=args.verbose, log_prefix=True)
-    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    try:
+        config = CliApp.run(OperatorSettings, cli_args=argv)
+    except (ValidationError, SettingsError) as exc:
+        sys.stderr.write(f"kubediffusion operator: invalid settings: {exc}\n")
+        return 2
+    kopf.configure(verbose=config.verbose, log_prefix=True)
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # lightkube's transport logs every request at INFO
     namespaces = config.namespaces
     kopf.run(
         registry=make_registry(config),

@@ -1,10 +1,12 @@
 """One level-triggered reconcile of one ImageModel: read → parse → observe → build → apply → status.
 
 It applies the whole desired state every time and is safe to run twice or concurrently with a
-restart: children have fixed names, so a second run finds what the first made. Waiting is not done
-here: the returned :class:`Outcome` says whether the model is still converging, and the handler turns
-that into ``kopf.TemporaryError``. A spec the operator refuses raises :class:`Refused` after the status
-says why.
+restart: children have fixed names, so a second run finds what the first made. Everything it learns
+goes into one :class:`~kubediffusion.operator.status.Observation` (including a child the API server
+refused), from which the status is derived once and server-side applied, unless it did not change.
+Waiting is not done here: the returned :class:`Outcome` says whether the model is still converging,
+and the handler turns that into ``kopf.TemporaryError``. A spec the operator refuses raises
+:class:`Refused` after the status says why.
 """
 
 from __future__ import annotations
@@ -16,9 +18,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kubediffusion.imagemodel import names
+from kubediffusion.imagemodel.resource import KIND
 from kubediffusion.imagemodel.spec import ImageModelSpec, InvalidSpecError, resolve_resources
+from kubediffusion.imagemodel.status import (
+    APPLY_REJECTED,
+    INVALID_SPEC,
+    SCALED_TO_ZERO,
+    SECRET_NOT_FOUND,
+    UNKNOWN_PROFILE,
+    CacheStatus,
+    ImageModelStatus,
+)
 from kubediffusion.operator import status
 from kubediffusion.operator.kube import Kube, KubeError
+from kubediffusion.operator.problems import Failure, is_true
 from kubediffusion.operator.resources import (
     CacheVolume,
     Context,
@@ -32,15 +45,14 @@ from kubediffusion.operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
 
-APPLY_REJECTED = "ApplyRejected"
 CONVERGING_PHASES = frozenset({"Pending", "Caching", "Loading", "Degraded"})
-SETTLED_REASONS = frozenset({status.SCALED_TO_ZERO, APPLY_REJECTED})
+SETTLED_REASONS = frozenset({SCALED_TO_ZERO, APPLY_REJECTED})
 
 
 class Refused(Exception):
     """The spec cannot be acted on until someone changes it (or creates what it refers to)."""
 
-    def __init__(self, failure: status.Failure) -> None:
+    def __init__(self, failure: Failure) -> None:
         super().__init__(f"{failure.reason}: {failure.message}")
         self.failure = failure
 
@@ -50,6 +62,12 @@ class Outcome:
     phase: str
     message: str
     reason: str = ""  # why the phase: the Degraded condition's reason when Degraded, else the Ready one's
+
+    @classmethod
+    def of(cls, new: ImageModelStatus) -> Outcome:
+        ready = new.condition("Ready")
+        why = new.condition("Degraded") if new.phase == "Degraded" else ready
+        return cls(new.phase or "", ready.message if ready else "", why.reason if why else "")
 
     @property
     def converging(self) -> bool:
@@ -75,77 +93,60 @@ def reconcile(
     now: Callable[[], str] = utc_now,
 ) -> Outcome | None:
     """Converge one ImageModel; None when it is gone or being deleted (garbage collection takes over)."""
-    body = kube.get("ImageModel", namespace, name)
+    body = kube.get(KIND, namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return None
-    meta = body["metadata"]
-    generation = int(meta.get("generation") or 0)
-    previous: Mapping[str, Any] = body.get("status") or {}
-    owner = names.Owner(name=name, namespace=namespace, uid=meta["uid"])
+    previous = ImageModelStatus.parse(body.get("status"))
+    seen = _observe(kube, settings, body, previous.cache)
+    new = status.derive_status(seen, previous=previous, now=now())
+    if new != previous:
+        kube.apply_status(namespace, name, new.wire())
+    for event in status.transitions(previous, new):
+        post_event(body, event)
+    if seen.refused is not None:
+        raise Refused(seen.refused)
+    return Outcome.of(new)
 
+
+def _observe(
+    kube: Kube, settings: OperatorSettings, body: Mapping[str, Any], previous_cache: CacheStatus | None
+) -> status.Observation:
+    meta = body["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    generation = int(meta.get("generation") or 0)
     spec: ImageModelSpec | None = None
-    refused: status.Failure | None = None
     try:
         spec = ImageModelSpec.from_body(body)
         hardware = resolve_resources(spec.resources, settings.profiles)
         refused = _check_secret(kube, spec, namespace)
     except InvalidSpecError as exc:
-        reason = status.UNKNOWN_PROFILE if exc.field == "resources.profile" else status.INVALID_SPEC
-        refused = status.Failure(reason, str(exc))
-
+        refused = Failure(UNKNOWN_PROFILE if exc.field == "resources.profile" else INVALID_SPEC, str(exc))
     if refused is not None or spec is None:
-        failure = refused or status.Failure(status.INVALID_SPEC, "spec could not be parsed")
         # Nothing is applied, but pods of an earlier spec may still serve: readyReplicas says so.
         deployment = kube.get("Deployment", namespace, names.deployment_name(name))
-        new = status.derive_status(
-            spec,
+        return status.Observation(
             name=name,
             namespace=namespace,
             generation=generation,
-            volume=None,
-            observed=status.Observed(deployment=deployment),
-            refused=failure,
-            previous=previous,
-            now=now(),
+            spec=spec,
+            children=status.Observed(deployment=deployment),
+            refused=refused or Failure(INVALID_SPEC, "spec could not be parsed"),
         )
-        _write_status(kube, body, previous, new, post_event)
-        raise Refused(failure)
-
+    owner = names.Owner(name=name, namespace=namespace, uid=meta["uid"])
     ctx = Context(owner=owner, image=spec.image or settings.inference_image, hardware=hardware)
-    volume = cache_volume(spec, name)
-    observed, rejected = _apply_children(kube, spec, ctx, volume, previous.get("cache"))
-    new = status.derive_status(
-        spec,
-        name=name,
-        namespace=namespace,
-        generation=generation,
-        volume=volume,
-        observed=observed,
-        refused=None,
-        previous=previous,
-        now=now(),
-    )
-    if rejected is not None and new["phase"] != "Failed":
-        new = _degrade(new, rejected, generation, now())
-    _write_status(kube, body, previous, new, post_event)
-    conditions = {c["type"]: c for c in new["conditions"]}
-    ready: dict[str, Any] = conditions.get("Ready", {})
-    why = conditions.get("Degraded", {}) if new["phase"] == "Degraded" else ready
-    return Outcome(new["phase"], str(ready.get("message", "")), str(why.get("reason", "")))
+    return _apply_children(kube, spec, ctx, generation, cache_volume(spec, name), previous_cache)
 
 
-def _check_secret(kube: Kube, spec: ImageModelSpec, namespace: str) -> status.Failure | None:
+def _check_secret(kube: Kube, spec: ImageModelSpec, namespace: str) -> Failure | None:
     hf = spec.source.huggingface
     if hf is None or hf.token_secret_ref is None:
         return None
     ref = hf.token_secret_ref
     found = kube.secret_key_exists(namespace, ref.name, ref.key)
     if found is None:
-        return status.Failure(
-            status.SECRET_NOT_FOUND, f"Secret {ref.name} (spec.source.huggingface.tokenSecretRef) not found"
-        )
+        return Failure(SECRET_NOT_FOUND, f"Secret {ref.name} (spec.source.huggingface.tokenSecretRef) not found")
     if not found:
-        return status.Failure(status.SECRET_NOT_FOUND, f"Secret {ref.name} has no key {ref.key!r}")
+        return Failure(SECRET_NOT_FOUND, f"Secret {ref.name} has no key {ref.key!r}")
     return None
 
 
@@ -167,7 +168,7 @@ def _observe_job(kube: Kube, desired: Mapping[str, Any] | None) -> tuple[Any, li
         return None, [], True
     annotations = job["metadata"].get("annotations") or {}
     wanted = meta["annotations"]
-    complete = status.is_true(job, "Complete")
+    complete = is_true(job, "Complete")
     stale_key = annotations.get(names.CACHE_KEY_ANNOTATION) != wanted[names.CACHE_KEY_ANNOTATION]
     stale_template = annotations.get(names.TEMPLATE_HASH_ANNOTATION) != wanted[names.TEMPLATE_HASH_ANNOTATION]
     if stale_key or (stale_template and not complete):
@@ -182,10 +183,15 @@ def _observe_job(kube: Kube, desired: Mapping[str, Any] | None) -> tuple[Any, li
 
 
 def _apply_children(
-    kube: Kube, spec: ImageModelSpec, ctx: Context, volume: CacheVolume, previous_cache: Mapping[str, Any] | None
-) -> tuple[status.Observed, status.Failure | None]:
+    kube: Kube,
+    spec: ImageModelSpec,
+    ctx: Context,
+    generation: int,
+    volume: CacheVolume,
+    previous_cache: CacheStatus | None,
+) -> status.Observation:
     ns, name = ctx.owner.namespace, ctx.owner.name
-    rejected: list[status.Failure] = []
+    rejected: list[Failure] = []
 
     def apply(obj: Mapping[str, Any] | None) -> dict[str, Any] | None:
         if obj is None:
@@ -196,72 +202,24 @@ def _apply_children(
             if exc.status >= 500:
                 raise  # transient: kopf retries the handler with backoff
             kind, obj_name = obj["kind"], obj["metadata"]["name"]
-            rejected.append(status.Failure(APPLY_REJECTED, f"{kind} {obj_name}: {exc.message}"))
+            rejected.append(Failure(APPLY_REJECTED, f"{kind} {obj_name}: {exc.message}"))
             return kube.get(kind, ns, obj_name)
 
     claim = apply(build_cache_pvc(spec, ctx.owner)) or kube.get("PersistentVolumeClaim", ns, volume.claim_name)
     desired_job = build_cache_job(spec, ctx)
     job, job_pods, replaced = _observe_job(kube, desired_job)
-    if desired_job is not None and not replaced and (job is None or not status.is_true(job, "Complete")):
+    if desired_job is not None and not replaced and (job is None or not is_true(job, "Complete")):
         job = apply(desired_job)  # an unchanged Job re-applies as a no-op
-    observed = status.Observed(claim=claim, job=job, job_pods=job_pods)
-    cache = status.cache_state(spec, volume, observed, previous_cache)
+    cache = status.cache_state(spec, volume, status.Observed(claim=claim, job=job, job_pods=job_pods), previous_cache)
     apply(build_service(spec, ctx.owner))
     deployment = apply(build_deployment(spec, ctx, replicas=spec.replicas if cache.ready else 0))
     pods = kube.list("Pod", ns, names.selector(name)) if deployment is not None else []
-    observed = status.Observed(claim=claim, job=job, job_pods=job_pods, deployment=deployment, pods=pods)
-    return observed, (rejected[0] if rejected else None)
-
-
-def _degrade(new: dict[str, Any], failure: status.Failure, generation: int, now: str) -> dict[str, Any]:
-    conditions = [c for c in new["conditions"] if c["type"] != "Degraded"]
-    conditions.append(
-        status.condition(
-            "Degraded",
-            True,
-            failure.reason,
-            failure.message,
-            generation=generation,
-            previous=new["conditions"],
-            now=now,
-        )
+    return status.Observation(
+        name=name,
+        namespace=ns,
+        generation=generation,
+        spec=spec,
+        children=status.Observed(claim=claim, job=job, job_pods=job_pods, deployment=deployment, pods=pods),
+        cache=cache,
+        rejected=rejected[0] if rejected else None,
     )
-    last = status.last_failure(failure, new.get("lastFailure"), now)
-    return {**new, "phase": "Degraded", "conditions": conditions, "lastFailure": last}
-
-
-def _write_status(
-    kube: Kube,
-    body: Mapping[str, Any],
-    previous: Mapping[str, Any],
-    new: dict[str, Any],
-    post_event: EventSink,
-) -> None:
-    if _strip(new) != _strip(previous):
-        kube.patch_status(body["metadata"]["namespace"], body["metadata"]["name"], status_patch(previous, new))
-    for event in status.transitions(previous, new):
-        post_event(body, event)
-
-
-def status_patch(previous: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
-    """A merge patch that turns ``previous`` into ``new``: None for every key ``new`` no longer has.
-
-    Merge patches merge nested objects, so a key missing from ``new`` (e.g. ``cache.revision`` after a
-    change of source) would otherwise survive from ``previous``. Lists are replaced whole.
-    """
-    out: dict[str, Any] = {key: None for key in previous if key not in new}
-    for key, value in new.items():
-        old = previous.get(key)
-        if isinstance(value, Mapping) and isinstance(old, Mapping):
-            out[key] = status_patch(old, value)
-        else:
-            out[key] = value
-    return out
-
-
-def _strip(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _strip(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_strip(v) for v in value]
-    return value

@@ -1,63 +1,65 @@
-"""Status as a pure function of what was observed: Job, PVC, Deployment and pods in, status out.
+"""Status as a pure function of what one reconcile observed: PVC, Job, Deployment and pods in, status out.
 
 kubebuilder-style: ``phase`` for humans and printer columns, ``conditions`` with stable reasons for
-machines. ``lastTransitionTime`` changes only when a condition's status changes. Nothing here calls the
-API or reads the clock: ``now`` is passed in.
+machines (:mod:`kubediffusion.imagemodel.status`). ``lastTransitionTime`` changes only when a
+condition's status changes. Nothing here calls the API or reads the clock: ``now`` is passed in.
+
+One reconcile feeds :func:`derive_status` once with an :class:`Observation` (what it read, what it
+refused, what the API server refused to apply); the cache state in it is computed once, before the
+Deployment is applied, because the Deployment's replicas depend on it.
 
 Phases: Pending (nothing to do yet / waiting for a volume) → Caching (Job running) → Loading (pods
 starting) → Ready; Degraded (something observed is wrong and may recover: pods crash, image pull,
-unschedulable); Failed (needs a spec or cluster change: bad spec, missing Secret, download failed).
+unschedulable, a child the API server refuses); Failed (needs a spec or cluster change: bad spec,
+missing Secret, download failed).
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from kubediffusion.imagemodel import names
 from kubediffusion.imagemodel.spec import ImageModelSpec
+from kubediffusion.imagemodel.status import (
+    AS_EXPECTED,
+    AVAILABLE,
+    CACHE_NOT_READY,
+    CACHE_PENDING,
+    DOWNLOADED,
+    DOWNLOADING,
+    INVALID_SPEC,
+    PROGRESS_DEADLINE,
+    PVC_NOT_FOUND,
+    PVC_PENDING,
+    READY,
+    SCALED_TO_ZERO,
+    STARTING,
+    VOLUME_READY,
+    CacheStatus,
+    Condition,
+    ConditionType,
+    ImageModelStatus,
+    LastFailure,
+    Phase,
+)
+from kubediffusion.operator.problems import (
+    UNBOUND_CLAIMS,
+    Failure,
+    Obj,
+    condition_of,
+    fetch_summary,
+    is_true,
+    job_failure,
+    pod_problem,
+    recovered_restart,
+    short,
+)
+from kubediffusion.operator.problems import field as get
 from kubediffusion.operator.resources import CacheVolume
 
-Obj = Mapping[str, Any]
-MAX_MESSAGE = 1024
-
-# Stable condition reasons (documented contract: alerting and tests match on them).
-INVALID_SPEC = "InvalidSpec"
-UNKNOWN_PROFILE = "UnknownProfile"
-SECRET_NOT_FOUND = "SecretNotFound"
-PVC_NOT_FOUND = "PVCNotFound"
-PVC_PENDING = "PVCPending"
-CACHE_PENDING = "CachePending"
-DOWNLOADING = "Downloading"
-DOWNLOADED = "Downloaded"
-VOLUME_READY = "VolumeReady"
-DOWNLOAD_FAILED = "DownloadFailed"
-UNSCHEDULABLE = "Unschedulable"
-IMAGE_PULL_BACK_OFF = "ImagePullBackOff"
-CONFIG_ERROR = "CreateContainerConfigError"
-MODEL_LOAD_FAILED = "ModelLoadFailed"
-CONTAINER_RESTARTED = "ContainerRestarted"
-PROGRESS_DEADLINE = "ProgressDeadlineExceeded"
-CACHE_NOT_READY = "CacheNotReady"
-SCALED_TO_ZERO = "ScaledToZero"
-STARTING = "PodsStarting"
-AVAILABLE = "MinimumReplicasAvailable"
-READY = "Ready"
-AS_EXPECTED = "AsExpected"
-
-# The scheduler's words for a pod whose Immediate-binding claim has no volume yet (PVCPending, not Unschedulable).
-UNBOUND_CLAIMS = "unbound immediate PersistentVolumeClaims"
-
 WARNING_PHASES = frozenset({"Degraded", "Failed"})
-
-
-@dataclass(frozen=True)
-class Failure:
-    reason: str
-    message: str
-    exit_code: int | None = None
 
 
 @dataclass(frozen=True)
@@ -73,356 +75,228 @@ class Observed:
 
 @dataclass(frozen=True)
 class CacheState:
-    ready: bool
     reason: str
     message: str
-    phase: str  # the model's phase while the cache is not ready
+    ready: bool = False
+    phase: Phase = "Pending"  # the model's phase while the cache is not ready
     failure: Failure | None = None
-    info: dict[str, Any] = field(default_factory=dict)
+    info: CacheStatus | None = None
 
 
-def _get(obj: Obj | None, *path: str) -> Any:
-    cur: Any = obj
-    for key in path:
-        if not isinstance(cur, Mapping):
-            return None
-        cur = cur.get(key)
-    return cur
+@dataclass(frozen=True)
+class Observation:
+    """Everything one reconcile learned about one ImageModel: the only input of :func:`derive_status`."""
+
+    name: str
+    namespace: str
+    generation: int
+    spec: ImageModelSpec | None  # None: the spec could not be parsed
+    children: Observed = field(default_factory=Observed)
+    cache: CacheState | None = None  # None when nothing was applied
+    refused: Failure | None = None  # the operator will not act on the spec
+    rejected: Failure | None = None  # the API server refused to apply a child
 
 
-def _condition(obj: Obj | None, type_: str) -> Obj | None:
-    for cond in _get(obj, "status", "conditions") or []:
-        if cond.get("type") == type_:
-            return dict(cond)
-    return None
+@dataclass(frozen=True)
+class _Verdict:
+    phase: Phase
+    conditions: tuple[Condition, ...]  # not yet stamped with a transition time and generation
+    failure: Failure | None
 
 
-def is_true(obj: Obj | None, type_: str) -> bool:
-    cond = _condition(obj, type_)
-    return cond is not None and cond.get("status") == "True"
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
-def _short(text: str) -> str:
-    text = text.strip()
-    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
-
-
-def _created(pod: Obj) -> str:
-    return str(_get(pod, "metadata", "creationTimestamp") or "")
-
-
-def pod_problem(pods: Sequence[Obj]) -> Failure | None:
-    """The first thing a kubelet or scheduler reports as wrong with these pods, newest pod first."""
-    for pod in sorted(pods, key=_created, reverse=True):
-        if _get(pod, "metadata", "deletionTimestamp"):
-            continue
-        scheduled = _condition(pod, "PodScheduled")
-        if scheduled and scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
-            return Failure(UNSCHEDULABLE, _short(str(scheduled.get("message") or "no node fits the pod")))
-        for status in _get(pod, "status", "containerStatuses") or []:
-            waiting = _get(status, "state", "waiting") or {}
-            reason = waiting.get("reason")
-            if reason in ("ImagePullBackOff", "ErrImagePull", "InvalidImageName"):
-                return Failure(IMAGE_PULL_BACK_OFF, _short(f"{reason}: {waiting.get('message') or ''}"))
-            if reason == CONFIG_ERROR:
-                return Failure(CONFIG_ERROR, _short(str(waiting.get("message") or reason)))
-            last = _get(status, "lastState", "terminated")
-            restarted = last and int(status.get("restartCount") or 0) > 0
-            if reason == "CrashLoopBackOff" or (restarted and not status.get("ready")):
-                detail = (last or {}).get("message") or (last or {}).get("reason") or "container restarted"
-                code = (last or {}).get("exitCode")
-                # A crash loop, or an exit the server itself explained as a load failure, is ModelLoadFailed;
-                # a single crash of a serving container (OOM kill, node trouble) is a restart in progress.
-                load_failed = reason == "CrashLoopBackOff" or str(detail).startswith(MODEL_LOAD_FAILED)
-                return Failure(
-                    MODEL_LOAD_FAILED if load_failed else CONTAINER_RESTARTED,
-                    _short(f"container restarted {status.get('restartCount', 0)} time(s): {detail}"),
-                    int(code) if code is not None else None,
-                )
-    return None
-
-
-def recovered_restart(pods: Sequence[Obj]) -> Failure | None:
-    """A container that crashed and is ready again: not a current problem, but worth ``lastFailure``."""
-    for pod in sorted(pods, key=_created, reverse=True):
-        for status in _get(pod, "status", "containerStatuses") or []:
-            last = _get(status, "lastState", "terminated")
-            if last and status.get("ready") and int(status.get("restartCount") or 0) > 0:
-                detail = last.get("message") or last.get("reason") or "container exited"
-                code = last.get("exitCode")
-                return Failure(
-                    CONTAINER_RESTARTED,
-                    _short(
-                        f"pod {_get(pod, 'metadata', 'name')} restarted {status.get('restartCount')} time(s) "
-                        f"and recovered; last exit: {detail}"
-                    ),
-                    int(code) if code is not None else None,
-                )
-    return None
-
-
-def _terminated(pod: Obj) -> Obj:
-    for status in _get(pod, "status", "containerStatuses") or []:
-        term = _get(status, "state", "terminated")
-        if term:
-            return dict(term)
-    return {}
-
-
-def _summary(pods: Sequence[Obj], phase: str) -> dict[str, Any]:
-    """The JSON fetch-model writes to its termination message, from the newest pod in ``phase``."""
-    for pod in sorted(pods, key=_created, reverse=True):
-        if _get(pod, "status", "phase") == phase:
-            try:
-                value = json.loads(_terminated(pod).get("message") or "")
-            except ValueError:
-                continue
-            if isinstance(value, dict):
-                return value
-    return {}
-
-
-def _job_failure(job: Obj, pods: Sequence[Obj]) -> Failure:
-    for pod in sorted(pods, key=_created, reverse=True):
-        if _get(pod, "status", "phase") != "Failed":
-            continue
-        term = _terminated(pod)
-        message = str(term.get("message") or term.get("reason") or _get(pod, "status", "message") or "")
-        try:  # fetch-model writes {"error": ...} as JSON
-            parsed = json.loads(message)
-            if isinstance(parsed, dict) and parsed.get("error"):
-                message = str(parsed["error"])
-        except ValueError:
-            pass
-        code = term.get("exitCode")
-        if message:
-            return Failure(DOWNLOAD_FAILED, _short(message), int(code) if code is not None else None)
-    cond = _condition(job, "Failed") or {}
-    return Failure(DOWNLOAD_FAILED, _short(f"{cond.get('reason', 'Failed')}: {cond.get('message', '')}"))
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def cache_state(
-    spec: ImageModelSpec, volume: CacheVolume, observed: Observed, previous: Obj | None = None
+    spec: ImageModelSpec, volume: CacheVolume, observed: Observed, previous: CacheStatus | None = None
 ) -> CacheState:
     """Is the weights volume ready to mount read-only? (and why not)."""
-    info: dict[str, Any] = {"claimName": volume.claim_name, "path": volume.model_dir}
+    claim_name = volume.claim_name
+    info = CacheStatus(claim_name=claim_name, path=volume.model_dir)
     claim = observed.claim
     if claim is None and not volume.owned:
-        msg = f"PersistentVolumeClaim {volume.claim_name} does not exist"
-        return CacheState(False, PVC_NOT_FOUND, msg, "Pending", Failure(PVC_NOT_FOUND, msg), info)
-    claim_pending = claim is None or _get(claim, "status", "phase") != "Bound"
+        msg = f"PersistentVolumeClaim {claim_name} does not exist"
+        return CacheState(PVC_NOT_FOUND, msg, failure=Failure(PVC_NOT_FOUND, msg), info=info)
+    claim_pending = claim is None or get(claim, "status", "phase") != "Bound"
     if not spec.source.needs_fetch:
         if claim_pending:
-            return CacheState(False, PVC_PENDING, f"PersistentVolumeClaim {volume.claim_name} is not bound", "Pending")
-        return CacheState(True, VOLUME_READY, f"serving from PersistentVolumeClaim {volume.claim_name}", "", None, info)
+            return CacheState(PVC_PENDING, f"PersistentVolumeClaim {claim_name} is not bound")
+        return CacheState(VOLUME_READY, f"serving from PersistentVolumeClaim {claim_name}", ready=True, info=info)
 
     key = spec.source.cache_key()
-    info["key"] = key
+    info = CacheStatus(claim_name=claim_name, path=volume.model_dir, key=key)
     job = observed.job
-    prev = previous if previous and previous.get("key") == key else {}
-    if prev.get("completedAt") and not is_true(job, "Complete") and not is_true(job, "Failed"):
+    prev = previous if previous is not None and previous.key == key else CacheStatus(claim_name=claim_name)
+    if prev.completed_at and not is_true(job, "Complete") and not is_true(job, "Failed"):
         # These weights were cached before and the finished Job has been deleted since (by hand, or a
         # cleanup policy for finished Jobs): its re-run finds the marker at once. Pods keep serving meanwhile.
-        info.update({k: prev[k] for k in ("revision", "bytes", "completedAt") if k in prev})
-        msg = f"weights cached in {volume.claim_name} (a new cache Job checks them)"
-        return CacheState(True, DOWNLOADED, msg, "", None, info)
+        info = info.model_copy(
+            update={"revision": prev.revision, "bytes": prev.bytes, "completed_at": prev.completed_at}
+        )
+        msg = f"weights cached in {claim_name} (a new cache Job checks them)"
+        return CacheState(DOWNLOADED, msg, ready=True, info=info)
     if job is None:
-        return CacheState(False, CACHE_PENDING, "creating the cache Job", "Pending", None, info)
+        return CacheState(CACHE_PENDING, "creating the cache Job", info=info)
     if is_true(job, "Complete"):
-        summary = _summary(observed.job_pods, "Succeeded")
-        for wire in ("revision", "bytes"):
-            value = summary.get(wire, prev.get(wire))
-            if value is not None:
-                info[wire] = value
-        completed = _get(job, "status", "completionTime") or prev.get("completedAt")
-        if completed:
-            info["completedAt"] = completed
-        detail = f" (revision {info['revision']})" if info.get("revision") else ""
-        return CacheState(True, DOWNLOADED, f"weights cached in {volume.claim_name}{detail}", "", None, info)
+        summary = fetch_summary(observed.job_pods)
+        revision = _str(summary["revision"]) if "revision" in summary else prev.revision
+        info = info.model_copy(
+            update={
+                "revision": revision,
+                "bytes": _int(summary["bytes"]) if "bytes" in summary else prev.bytes,
+                "completed_at": _str(get(job, "status", "completionTime")) or prev.completed_at,
+            }
+        )
+        detail = f" (revision {revision})" if revision else ""
+        return CacheState(DOWNLOADED, f"weights cached in {claim_name}{detail}", ready=True, info=info)
     if is_true(job, "Failed"):
-        failure = _job_failure(job, observed.job_pods)
-        return CacheState(False, failure.reason, failure.message, "Failed", failure, info)
+        failure = job_failure(job, observed.job_pods)
+        return CacheState(failure.reason, failure.message, phase="Failed", failure=failure, info=info)
     problem = pod_problem(observed.job_pods)
     # A WaitForFirstConsumer claim stays Pending until the Job's pod is scheduled: a pod that cannot be
     # is the problem to report, unless the scheduler itself is waiting for the claim.
     if claim_pending and (problem is None or UNBOUND_CLAIMS in problem.message):
-        msg = f"PersistentVolumeClaim {volume.claim_name} is Pending (waiting for a volume)"
-        return CacheState(False, PVC_PENDING, msg, "Pending", None, info)
+        msg = f"PersistentVolumeClaim {claim_name} is Pending (waiting for a volume)"
+        return CacheState(PVC_PENDING, msg, info=info)
     if problem is not None:
-        return CacheState(False, problem.reason, f"cache Job: {problem.message}", "Degraded", problem, info)
-    return CacheState(
-        False, DOWNLOADING, f"cache Job {_get(job, 'metadata', 'name')} is running", "Caching", None, info
+        return CacheState(problem.reason, f"cache Job: {problem.message}", phase="Degraded", failure=problem, info=info)
+    msg = f"cache Job {get(job, 'metadata', 'name')} is running"
+    return CacheState(DOWNLOADING, msg, phase="Caching", info=info)
+
+
+def _cond(type_: ConditionType, ok: bool, reason: str, message: str) -> Condition:
+    return Condition(type=type_, status="True" if ok else "False", reason=reason, message=short(message))
+
+
+def _stamp(cond: Condition, previous: ImageModelStatus, generation: int, now: str) -> Condition:
+    prev = previous.condition(cond.type)
+    since = prev.last_transition_time if prev is not None and prev.status == cond.status else None
+    return cond.model_copy(update={"last_transition_time": since or now, "observed_generation": generation})
+
+
+def derive_status(seen: Observation, *, previous: ImageModelStatus, now: str) -> ImageModelStatus:
+    """The whole status from one reconcile's observations; ``previous`` keeps times and learned facts."""
+    spec = seen.spec
+    desired = spec.replicas if spec is not None else 0
+    ready = int(get(seen.children.deployment, "status", "readyReplicas") or 0)
+    cache: CacheStatus | None = None
+    if seen.refused is not None or spec is None or seen.cache is None:
+        verdict = _refused(seen.refused or Failure(INVALID_SPEC, "spec could not be parsed"), ready)
+    else:
+        cache = seen.cache.info
+        verdict = _serving(spec, seen.cache, seen.children, ready)
+        if seen.rejected is not None:
+            verdict = _rejected(verdict, seen.rejected)
+    return ImageModelStatus(
+        phase=verdict.phase,
+        observed_generation=seen.generation,
+        source=spec.source.describe() if spec is not None else None,
+        smoke_test=spec.is_smoke_test if spec is not None else None,
+        endpoint=names.endpoint(seen.name, seen.namespace),
+        replicas=desired,
+        ready_replicas=ready,
+        ready=f"{ready}/{desired}",
+        cache=cache,
+        last_failure=last_failure(verdict.failure, previous.last_failure, now),
+        conditions=tuple(_stamp(c, previous, seen.generation, now) for c in verdict.conditions),
     )
 
 
-def condition(
-    type_: str, ok: bool, reason: str, message: str, *, generation: int, previous: Sequence[Obj], now: str
-) -> dict[str, Any]:
-    status = "True" if ok else "False"
-    prev = next((c for c in previous if c.get("type") == type_), None)
-    since = prev.get("lastTransitionTime") if prev and prev.get("status") == status else None
-    return {
-        "type": type_,
-        "status": status,
-        "reason": reason,
-        "message": _short(message),
-        "lastTransitionTime": since or now,
-        "observedGeneration": generation,
-    }
-
-
-def failed_status(failure: Failure, ready: int = 0) -> tuple[str, list[tuple[str, bool, str, str]]]:
-    """Phase and conditions for a spec the operator refuses (before anything is applied).
+def _refused(failure: Failure, ready: int) -> _Verdict:
+    """A spec the operator refuses (nothing is applied).
 
     Pods of an earlier spec may still serve (``ready`` of them): Available says so, Ready does not.
     """
-    available = ("Available", True, AVAILABLE, f"{ready} pod(s) of an earlier spec ready")
-    return "Failed", [
-        ("CacheReady", False, failure.reason, failure.message),
-        available if ready > 0 else ("Available", False, failure.reason, failure.message),
-        ("Ready", False, failure.reason, failure.message),
-        ("Degraded", True, failure.reason, failure.message),
-    ]
+    reason, msg = failure.reason, failure.message
+    available = _cond("Available", True, AVAILABLE, f"{ready} pod(s) of an earlier spec ready")
+    conditions = (
+        _cond("CacheReady", False, reason, msg),
+        available if ready > 0 else _cond("Available", False, reason, msg),
+        _cond("Ready", False, reason, msg),
+        _cond("Degraded", True, reason, msg),
+    )
+    return _Verdict("Failed", conditions, failure)
 
 
-def derive_status(
-    spec: ImageModelSpec | None,
-    *,
-    name: str,
-    namespace: str,
-    generation: int,
-    volume: CacheVolume | None,
-    observed: Observed,
-    refused: Failure | None,
-    previous: Obj,
-    now: str,
-) -> dict[str, Any]:
-    """The whole ``status`` from the observations (``refused``: the operator will not act on the spec)."""
-    prev_conditions: Sequence[Obj] = previous.get("conditions") or []
-    desired = spec.replicas if spec is not None else 0
-    ready = int(_get(observed.deployment, "status", "readyReplicas") or 0)
-    out: dict[str, Any] = {
-        "observedGeneration": generation,
-        "source": spec.source.describe() if spec is not None else None,
-        "smokeTest": spec.is_smoke_test if spec is not None else None,
-        "endpoint": names.endpoint(name, namespace),
-        "replicas": desired,
-        "readyReplicas": ready,
-        "ready": f"{ready}/{desired}",
-    }
-    failure: Failure | None
-    if refused is not None or spec is None or volume is None:
-        failure = refused or Failure(INVALID_SPEC, "spec could not be parsed")
-        phase, conds = failed_status(failure, ready)
-        out["cache"] = None
-    else:
-        cache = cache_state(spec, volume, observed, previous.get("cache"))
-        out["cache"] = cache.info or None
-        phase, conds, failure = _serving(spec, cache, observed, ready)
-    out["phase"] = phase
-    out["conditions"] = [
-        condition(t, ok, reason, msg, generation=generation, previous=prev_conditions, now=now)
-        for t, ok, reason, msg in conds
-    ]
-    out["lastFailure"] = last_failure(failure, previous.get("lastFailure"), now)
-    return out
+def _rejected(verdict: _Verdict, rejected: Failure) -> _Verdict:
+    """The API server refused a child (e.g. a shrunk claim): what runs keeps running, but the model is Degraded."""
+    if verdict.phase == "Failed":
+        return verdict
+    degraded = _cond("Degraded", True, rejected.reason, rejected.message)
+    conditions = tuple(degraded if c.type == "Degraded" else c for c in verdict.conditions)
+    return _Verdict("Degraded", conditions, rejected)
 
 
-def _serving(
-    spec: ImageModelSpec, cache: CacheState, observed: Observed, ready: int
-) -> tuple[str, list[tuple[str, bool, str, str]], Failure | None]:
+def _serving(spec: ImageModelSpec, cache: CacheState, observed: Observed, ready: int) -> _Verdict:
     desired = spec.replicas
     if not cache.ready:
         failure = cache.failure
-        return (
-            cache.phase,
-            [
-                ("CacheReady", False, cache.reason, cache.message),
-                ("Available", False, CACHE_NOT_READY, "pods are scaled to 0 until the cache is ready"),
-                ("Ready", False, cache.reason, cache.message),
-                (
-                    "Degraded",
-                    failure is not None,
-                    failure.reason if failure else AS_EXPECTED,
-                    failure.message if failure else "",
-                ),
-            ],
-            failure,
+        degraded = (
+            _cond("Degraded", True, failure.reason, failure.message)
+            if failure is not None
+            else _cond("Degraded", False, AS_EXPECTED, "")
         )
-    cache_cond = ("CacheReady", True, cache.reason, cache.message)
+        conditions = (
+            _cond("CacheReady", False, cache.reason, cache.message),
+            _cond("Available", False, CACHE_NOT_READY, "pods are scaled to 0 until the cache is ready"),
+            _cond("Ready", False, cache.reason, cache.message),
+            degraded,
+        )
+        return _Verdict(cache.phase, conditions, failure)
+    cache_cond = _cond("CacheReady", True, cache.reason, cache.message)
+    not_degraded = _cond("Degraded", False, AS_EXPECTED, "")
     if desired == 0:
         msg = "spec.replicas is 0"
-        return (
-            "Pending",
-            [
-                cache_cond,
-                ("Available", False, SCALED_TO_ZERO, msg),
-                ("Ready", False, SCALED_TO_ZERO, msg),
-                ("Degraded", False, AS_EXPECTED, ""),
-            ],
-            None,
+        conditions = (
+            cache_cond,
+            _cond("Available", False, SCALED_TO_ZERO, msg),
+            _cond("Ready", False, SCALED_TO_ZERO, msg),
+            not_degraded,
         )
+        return _Verdict("Pending", conditions, None)
     dep = observed.deployment
-    st = _get(dep, "status") or {}
-    progressing = _condition(dep, "Progressing") or {}
+    st = get(dep, "status") or {}
+    progressing = condition_of(dep, "Progressing") or {}
     problem = pod_problem(observed.pods)
     if problem is None and progressing.get("reason") == PROGRESS_DEADLINE:
         problem = Failure(PROGRESS_DEADLINE, str(progressing.get("message") or "rollout stalled"))
     rolled_out = (
         dep is not None
-        and int(st.get("observedGeneration") or 0) >= int(_get(dep, "metadata", "generation") or 0)
-        and int(_get(dep, "spec", "replicas") or 0) == desired
+        and int(st.get("observedGeneration") or 0) >= int(get(dep, "metadata", "generation") or 0)
+        and int(get(dep, "spec", "replicas") or 0) == desired
         and int(st.get("updatedReplicas") or 0) >= desired
         and ready >= desired
         and int(st.get("replicas") or 0) == desired  # old pods of a rollout are gone
     )
-    available = ready > 0
-    avail_cond = ("Available", available, AVAILABLE if available else STARTING, f"{ready}/{desired} pods ready")
+    counted = f"{ready}/{desired} pods ready"
+    available = _cond("Available", ready > 0, AVAILABLE if ready > 0 else STARTING, counted)
     if rolled_out and problem is None:
-        return (
-            "Ready",
-            [
-                cache_cond,
-                avail_cond,
-                ("Ready", True, READY, f"{ready}/{desired} pods ready"),
-                ("Degraded", False, AS_EXPECTED, ""),
-            ],
-            recovered_restart(observed.pods),
-        )
+        conditions = (cache_cond, available, _cond("Ready", True, READY, counted), not_degraded)
+        return _Verdict("Ready", conditions, recovered_restart(observed.pods))
     if problem is not None:
-        return (
-            "Degraded",
-            [
-                cache_cond,
-                avail_cond,
-                ("Ready", False, problem.reason, problem.message),
-                ("Degraded", True, problem.reason, problem.message),
-            ],
-            problem,
-        )
-    return (
-        "Loading",
-        [
+        conditions = (
             cache_cond,
-            avail_cond,
-            ("Ready", False, STARTING, f"{ready}/{desired} pods ready; waiting for the model to load"),
-            ("Degraded", False, AS_EXPECTED, ""),
-        ],
-        None,
-    )
+            available,
+            _cond("Ready", False, problem.reason, problem.message),
+            _cond("Degraded", True, problem.reason, problem.message),
+        )
+        return _Verdict("Degraded", conditions, problem)
+    loading = _cond("Ready", False, STARTING, f"{counted}; waiting for the model to load")
+    return _Verdict("Loading", (cache_cond, available, loading, not_degraded), None)
 
 
-def last_failure(failure: Failure | None, previous: Obj | None, now: str) -> dict[str, Any] | None:
+def last_failure(failure: Failure | None, previous: LastFailure | None, now: str) -> LastFailure | None:
     """The most recent failure; kept after recovery, its time moves only when the failure changes."""
     if failure is None:
-        return dict(previous) if previous else None
-    same = previous and previous.get("reason") == failure.reason and previous.get("message") == failure.message
-    return {
-        "reason": failure.reason,
-        "message": failure.message,
-        "exitCode": failure.exit_code,
-        "time": previous.get("time") if same and previous else now,
-    }
+        return previous
+    same = previous is not None and (previous.reason, previous.message) == (failure.reason, failure.message)
+    since = previous.time if same and previous is not None else None
+    return LastFailure(reason=failure.reason, message=failure.message, exit_code=failure.exit_code, time=since or now)
 
 
 @dataclass(frozen=True)
@@ -432,25 +306,17 @@ class Event:
     message: str
 
 
-def transitions(previous: Obj, current: Obj) -> list[Event]:
+def transitions(previous: ImageModelStatus, current: ImageModelStatus) -> list[Event]:
     """Kubernetes Events worth posting between two statuses: a phase change, or a new failure reason."""
-    old_phase, new_phase = previous.get("phase"), current.get("phase")
-    failure = current.get("lastFailure") or {}
-    old_failure = previous.get("lastFailure") or {}
-    events: list[Event] = []
+    old_phase, new_phase = previous.phase, current.phase
+    failure, old_failure = current.last_failure, previous.last_failure
+    warning = new_phase in WARNING_PHASES
     if new_phase != old_phase:
-        if new_phase in WARNING_PHASES and failure:
-            events.append(Event("Warning", str(failure["reason"]), str(failure["message"])))
-        else:
-            ready = _ready_condition(current)
-            events.append(Event("Normal", str(new_phase), f"{old_phase or 'New'} -> {new_phase}: {ready}"))
-    elif new_phase in WARNING_PHASES and failure and failure.get("reason") != old_failure.get("reason"):
-        events.append(Event("Warning", str(failure["reason"]), str(failure["message"])))
-    return events
-
-
-def _ready_condition(status: Obj) -> str:
-    for cond in status.get("conditions") or []:
-        if cond.get("type") == "Ready":
-            return str(cond.get("message") or cond.get("reason") or "")
-    return ""
+        if warning and failure is not None:
+            return [Event("Warning", failure.reason, failure.message)]
+        ready = current.condition("Ready")
+        why = (ready.message or ready.reason) if ready is not None else ""
+        return [Event("Normal", str(new_phase), f"{old_phase or 'New'} -> {new_phase}: {why}")]
+    if warning and failure is not None and (old_failure is None or failure.reason != old_failure.reason):
+        return [Event("Warning", failure.reason, failure.message)]
+    return []

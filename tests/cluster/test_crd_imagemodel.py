@@ -1,16 +1,23 @@
-"""The API server itself rejects invalid ImageModels (OpenAPI schema + CEL) with a message naming the field."""
+"""The API server itself rejects invalid ImageModels (OpenAPI schema + CEL) with a message naming the field,
+and keeps every field of the operator's typed status (the status schema prunes unknown fields silently)."""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from kubernetes import client
+from lightkube import Client, KubeConfig
 
-from tests.cluster.operator_fixture import raw
+from kubediffusion.imagemodel.names import FIELD_MANAGER
+from kubediffusion.imagemodel.status import CacheStatus, Condition, ImageModelStatus, LastFailure
+from kubediffusion.operator.kube import Kube, KubeError
+from tests.cluster.operator_fixture import create_model, get_model, raw
+from tests.support.fixtures import Cluster
 
 pytestmark = pytest.mark.cluster
 
@@ -135,3 +142,91 @@ def test_minimal_and_full_specs_are_accepted(api_client: client.ApiClient, names
     status, answer = create(api_client, namespace, full)
     assert status == 201, answer
     assert answer["spec"]["resources"]["affinity"] == {"nodeAffinity": {}}, "affinity is preserved, not pruned"
+
+
+@pytest.fixture
+def kube(control_plane: Cluster) -> Iterator[Kube]:
+    """The operator's own gateway (lightkube), pointed at the test cluster."""
+    lightkube = Client(KubeConfig.from_file(control_plane.kubeconfig), field_manager=FIELD_MANAGER)
+    try:
+        yield Kube(lightkube)
+    finally:
+        lightkube.close()
+
+
+FULL_STATUS = ImageModelStatus(
+    phase="Ready",
+    observed_generation=1,
+    source="hf:stabilityai/sdxl-turbo@main",
+    smoke_test=False,
+    endpoint="http://im-m.ns.svc:8000",
+    replicas=2,
+    ready_replicas=1,
+    ready="1/2",
+    cache=CacheStatus(
+        claim_name="im-m-cache",
+        path="/models/model",
+        key="0123456789abcdef",
+        revision="deadbeef",
+        bytes=123456789012,
+        completed_at="2026-01-01T00:00:00Z",
+    ),
+    last_failure=LastFailure(
+        reason="ContainerRestarted", message="exit 137", exit_code=137, time="2026-01-01T00:00:05Z"
+    ),
+    conditions=tuple(
+        Condition(
+            type=type_,
+            status="True",
+            reason="Reason",
+            message="m",
+            last_transition_time="2026-01-01T00:00:00Z",
+            observed_generation=1,
+        )
+        for type_ in ("CacheReady", "Available", "Ready", "Degraded")
+    ),
+)
+
+
+def test_the_typed_status_is_stored_whole_and_a_field_left_out_is_removed(
+    api_client: client.ApiClient, namespace: str, imagemodel_crd: str, kube: Kube
+) -> None:
+    create_model(api_client, namespace, "m", VALID["spec"])
+    kube.apply_status(namespace, "m", FULL_STATUS.wire())
+    stored = (get_model(api_client, namespace, "m") or {})["status"]
+    assert stored == FULL_STATUS.wire(), "a wire name the schema does not know would be pruned"
+    assert ImageModelStatus.parse(stored) == FULL_STATUS
+
+    assert FULL_STATUS.cache is not None and FULL_STATUS.last_failure is not None
+    smaller = FULL_STATUS.model_copy(
+        update={
+            "cache": CacheStatus(claim_name="im-m-cache", path="/models/model", key="fedcba9876543210"),
+            "last_failure": FULL_STATUS.last_failure.model_copy(update={"exit_code": None}),
+            "conditions": FULL_STATUS.conditions[:3],
+        }
+    )
+    kube.apply_status(namespace, "m", smaller.wire())
+    stored = (get_model(api_client, namespace, "m") or {})["status"]
+    assert stored == smaller.wire()
+    assert set(stored["cache"]) == {"claimName", "path", "key"} and "exitCode" not in stored["lastFailure"]
+    assert [c["type"] for c in stored["conditions"]] == ["CacheReady", "Available", "Ready"]
+
+
+def test_the_gateway_maps_api_answers(
+    api_client: client.ApiClient, namespace: str, imagemodel_crd: str, kube: Kube
+) -> None:
+    assert kube.get("ImageModel", namespace, "absent") is None
+    kube.delete("Job", namespace, "absent")  # absent is fine
+    kube.apply_status(namespace, "absent", FULL_STATUS.wire())  # deleted meanwhile: nothing to report on
+    with pytest.raises(KubeError) as rejected:
+        kube.apply({**with_spec(replicas=-1), "metadata": {"name": "m", "namespace": namespace}})
+    assert rejected.value.status == 422 and "spec.replicas" in rejected.value.message
+    created = kube.apply({**VALID, "metadata": {"name": "m", "namespace": namespace, "labels": {"team": "a"}}})
+    assert created["metadata"]["uid"] and created["spec"] == VALID["spec"]
+    assert [o["metadata"]["name"] for o in kube.list("ImageModel", namespace, {"team": "a"})] == ["m"]
+    assert kube.list("ImageModel", namespace, {"team": "b"}) == []
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hf"}, "stringData": {"token": "x"}}
+    assert raw(api_client, "POST", f"/api/v1/namespaces/{namespace}/secrets", secret)[0] == 201
+    assert kube.secret_key_exists(namespace, "hf", "token") is True
+    assert kube.secret_key_exists(namespace, "hf", "other") is False
+    assert kube.secret_key_exists(namespace, "nope", "token") is None

@@ -156,11 +156,11 @@ def test_refused_specs_fail_with_a_reason_and_other_models_still_reconcile(
     assert condition(model, "Available")["status"] == "True"
 
 
-def _fail_pod(api: client.ApiClient, ns: str, pod: dict[str, Any], exit_code: int, message: str) -> None:
-    """What a kubelet reports when fetch-model exits non-zero (kwok is not running this pod)."""
+def _report_exit(api: client.ApiClient, ns: str, pod: dict[str, Any], exit_code: int, message: str) -> None:
+    """What a kubelet reports when fetch-model exits (kwok is not running this pod); 0 is success."""
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     status = {
-        "phase": "Failed",
+        "phase": "Succeeded" if exit_code == 0 else "Failed",
         "containerStatuses": [
             {
                 "name": "fetch",
@@ -206,7 +206,7 @@ def test_failing_cache_job_shows_download_failed_with_its_message(
         lambda: list_objects(api_client, pods_path, "job-name=im-broken-cache"), timeout=30, message="cache Job pod"
     )[0]
     error = "GET https://models.example/missing.tar.gz: HTTP 404 Not Found"
-    _fail_pod(api_client, namespace, pod, 2, json.dumps({"error": error, "source": "url:..."}))
+    _report_exit(api_client, namespace, pod, 2, json.dumps({"error": error, "source": "url:..."}))
 
     model = wait_phase(api_client, namespace, "broken", "Failed", CacheReady="DownloadFailed")
     assert condition(model, "CacheReady")["message"] == error
@@ -371,8 +371,8 @@ def test_new_source_replaces_the_cache_job_and_rolls_the_pods(
 def test_a_new_source_leaves_no_cache_details_of_the_old_one_in_status(
     api_client: client.ApiClient, namespace: str, operator: OperatorProcess
 ) -> None:
-    # Status is written with a merge patch, which merges nested objects: fields the new status no longer
-    # has must be removed explicitly, or status.cache keeps the old download's key and completion time.
+    # Status is server-side applied: fields the new status no longer has must disappear (a merge patch
+    # would merge nested objects, and status.cache would keep the old download's key and completion time).
     create_model(api_client, namespace, "moved", TINY)
     model = wait_phase(api_client, namespace, "moved", "Ready", CacheReady="Downloaded")
     assert {"key", "completedAt"} <= set(model["status"]["cache"])
@@ -387,6 +387,51 @@ def test_a_new_source_leaves_no_cache_details_of_the_old_one_in_status(
 
     model = wait_for(moved, timeout=90, interval=0.5, message="served from the pvc source")
     assert model["status"]["cache"] == {"claimName": "im-moved-cache", "path": "/models/model"}
+
+
+def test_the_resolved_revision_of_an_old_source_disappears_from_status(
+    api_client: client.ApiClient, namespace: str, operator: OperatorProcess
+) -> None:
+    # The cache Job's pod cannot schedule, so no fake kubelet runs it; we report fetch-model's success
+    # with the summary it writes (the resolved revision), as a kubelet would.
+    spec = {
+        "source": {"url": "https://models.example/v1.tar.gz"},
+        "resources": {"gpus": 0, "nodeSelector": {"kubediffusion.io/test": "nowhere"}},
+        "cache": {"size": "1Gi"},
+    }
+    create_model(api_client, namespace, "revised", spec)
+    pods_path = f"/api/v1/namespaces/{namespace}/pods"
+    pod = wait_for(
+        lambda: list_objects(api_client, pods_path, "job-name=im-revised-cache"), timeout=30, message="cache Job pod"
+    )[0]
+    summary = {"source": "url:v1", "revision": "sha256:abc123", "bytes": 42, "completedAt": "2026-01-01T00:00:00Z"}
+    _report_exit(api_client, namespace, pod, 0, json.dumps(summary))
+
+    def revised() -> dict[str, Any] | None:
+        model = get_model(api_client, namespace, "revised") or {}
+        cache = (model.get("status") or {}).get("cache") or {}
+        return model if cache.get("revision") == "sha256:abc123" else None
+
+    model = wait_for(revised, timeout=60, interval=0.3, message="status.cache.revision from the fetch summary")
+    old_cache = model["status"]["cache"]
+    assert old_cache["bytes"] == 42 and "completedAt" in old_cache
+    assert condition(model, "CacheReady")["reason"] == "Downloaded"
+    # The status subresource has one manager, ours, and it applies (so it owns what it stops applying).
+    status_managers = [m for m in model["metadata"]["managedFields"] if m.get("subresource") == "status"]
+    assert [(m["manager"], m["operation"]) for m in status_managers] == [("kubediffusion-operator", "Apply")]
+
+    patch_model_spec(api_client, namespace, "revised", {"source": {"url": "https://models.example/v2.tar.gz"}})
+
+    def refetching() -> dict[str, Any] | None:
+        model = get_model(api_client, namespace, "revised") or {}
+        status = model.get("status") or {}
+        key = (status.get("cache") or {}).get("key")
+        return model if status.get("observedGeneration") == 2 and key and key != old_cache["key"] else None
+
+    model = wait_for(refetching, timeout=60, interval=0.3, message="status of the new source")
+    cache = model["status"]["cache"]
+    assert "revision" not in cache and "bytes" not in cache and "completedAt" not in cache, cache
+    assert model["status"]["source"] == "https://models.example/v2.tar.gz"
 
 
 def test_a_spec_the_api_server_refuses_to_apply_degrades_the_model_and_keeps_it_serving(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import jsonschema
 import pytest
@@ -79,3 +79,32 @@ def test_status_conditions_are_a_map_keyed_by_type() -> None:
     conditions = SCHEMA["properties"]["status"]["properties"]["conditions"]
     assert conditions["x-kubernetes-list-type"] == "map"
     assert conditions["x-kubernetes-list-map-keys"] == ["type"]
+
+
+@pytest.mark.parametrize(
+    ("path", "model"),
+    [
+        ((), "ImageModelStatus"),
+        (("cache",), "CacheStatus"),
+        (("lastFailure",), "LastFailure"),
+        (("conditions", "items"), "Condition"),
+    ],
+)
+def test_schema_and_typed_status_have_the_same_fields(path: tuple[str, ...], model: str) -> None:
+    # The API server prunes a status field its schema does not declare, silently: a wire name of the
+    # typed status that is not in the schema would never be stored.
+    from kubediffusion.imagemodel import status
+
+    schema = SCHEMA["properties"]["status"]
+    for key in path:
+        schema = schema["properties"][key] if key != "items" else schema["items"]
+    assert _properties(schema) == _aliases(getattr(status, model))
+
+
+def test_schema_and_typed_status_have_the_same_phases_and_condition_statuses() -> None:
+    from kubediffusion.imagemodel import status
+
+    properties = SCHEMA["properties"]["status"]["properties"]
+    assert properties["phase"]["enum"] == list(get_args(status.Phase))
+    condition_status = status.Condition.model_fields["status"].annotation
+    assert properties["conditions"]["items"]["properties"]["status"]["enum"] == list(get_args(condition_status))

@@ -1,7 +1,8 @@
-"""The reconcile's pure parts: the status patch it sends and when its handlers keep polling."""
+"""The reconcile against an in-memory API server (the status it applies, once), and when its handlers poll."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import kopf
@@ -9,57 +10,158 @@ import pytest
 from kopf._cogs.structs.references import Resource
 
 from kubediffusion.imagemodel import names
+from kubediffusion.imagemodel import status as st_reasons
+from kubediffusion.imagemodel.status import APPLY_REJECTED, ImageModelStatus
 from kubediffusion.operator import status as st
 from kubediffusion.operator.handlers import configure_kopf, follows_update
-from kubediffusion.operator.reconcile import APPLY_REJECTED, Outcome, status_patch
+from kubediffusion.operator.kube import KubeError
+from kubediffusion.operator.reconcile import Outcome, Refused, reconcile
 from kubediffusion.operator.settings import OperatorSettings
 
 
-def merge(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch, as the API server applies it to the status subresource."""
-    if not isinstance(patch, dict):
-        return patch
-    out = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = merge(out.get(key), value)
-    return out
+class FakeKube:
+    """The reconcile's view of the API server, in memory (the cluster tier runs it against the real one).
+
+    ``apply_status`` stores what is applied as the whole status: with one field manager, that is what
+    server-side apply leaves (fields it stops applying are removed).
+    """
+
+    def __init__(self, model: dict[str, Any], reject: dict[str, KubeError] | None = None) -> None:
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {("ImageModel", model["metadata"]["name"]): model}
+        self.reject = reject or {}
+        self.status_writes: list[dict[str, Any]] = []
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        obj = self.objects.get((kind, name))
+        return copy.deepcopy(obj) if obj is not None else None
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        if obj["kind"] in self.reject:
+            raise self.reject[obj["kind"]]
+        key = (obj["kind"], obj["metadata"]["name"])
+        stored = copy.deepcopy(obj)
+        stored["metadata"]["uid"] = f"uid-{key[1]}"
+        stored["status"] = (self.objects.get(key) or {}).get("status") or {}
+        self.objects[key] = stored
+        return copy.deepcopy(stored)
+
+    def list(self, kind: str, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
+        def matches(obj: dict[str, Any]) -> bool:
+            return selector.items() <= (obj["metadata"].get("labels") or {}).items()
+
+        return [copy.deepcopy(o) for (k, _), o in self.objects.items() if k == kind and matches(o)]
+
+    def delete(self, kind: str, namespace: str, name: str, *, propagation: str = "Background") -> None:
+        self.objects.pop((kind, name), None)
+
+    def secret_key_exists(self, namespace: str, name: str, key: str) -> bool | None:
+        secret = self.objects.get(("Secret", name))
+        return None if secret is None else key in secret.get("data", {})
+
+    def apply_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.status_writes.append(copy.deepcopy(status))
+        self.objects[("ImageModel", name)]["status"] = copy.deepcopy(status)
 
 
-def test_status_patch_removes_cache_fields_of_the_previous_source() -> None:
-    previous = {
+def model(spec: dict[str, Any], status: dict[str, Any] | None = None) -> dict[str, Any]:
+    meta = {"name": "m", "namespace": "ns", "uid": "uid-m", "generation": 1}
+    return {
+        "apiVersion": "kubediffusion.io/v1alpha1",
+        "kind": "ImageModel",
+        "metadata": meta,
+        "spec": spec,
+        "status": status,
+    }
+
+
+TINY = {"source": {"tiny": {}}, "resources": {"gpus": 0}}
+
+
+def run(kube: FakeKube, events: list[st.Event], at: str = "2026-01-01T00:00:00Z") -> Outcome | None:
+    def post(body: Any, event: st.Event) -> None:
+        events.append(event)
+
+    return reconcile(kube, SETTINGS, namespace="ns", name="m", post_event=post, now=lambda: at)  # type: ignore[arg-type]
+
+
+SETTINGS = OperatorSettings()
+
+
+def test_the_whole_status_is_applied_once_and_not_again_while_nothing_changes() -> None:
+    kube, events = FakeKube(model(TINY)), []
+    outcome = run(kube, events)
+    assert outcome is not None and outcome.phase == "Pending" and outcome.converging
+    [written] = kube.status_writes
+    assert written == ImageModelStatus.parse(written).wire(), "the applied status is the whole typed status"
+    assert {"phase", "conditions", "cache", "endpoint", "ready", "observedGeneration"} <= set(written)
+    assert [(e.type, e.reason) for e in events] == [("Normal", "Pending")]
+    run(kube, events, at="2026-01-01T00:05:00Z")
+    assert len(kube.status_writes) == 1 and len(events) == 1, "an unchanged status is not written again"
+    kube.objects[("PersistentVolumeClaim", "im-m-cache")]["status"] = {"phase": "Bound"}
+    outcome = run(kube, events, at="2026-01-01T00:06:00Z")
+    assert outcome is not None and outcome.phase == "Caching"
+    assert len(kube.status_writes) == 2 and [e.reason for e in events] == ["Pending", "Caching"]
+
+
+def test_fields_of_the_previous_status_that_no_longer_apply_are_left_out() -> None:
+    # With a merge patch these survived (status.cache kept the old download's revision); server-side apply
+    # removes a field its manager stops applying, so the applied status must simply not have it.
+    old = {
         "phase": "Ready",
-        "cache": {"claimName": "im-m-cache", "path": "/models/model", "key": "k1", "revision": "abc", "bytes": 7},
-        "lastFailure": {"reason": "DownloadFailed", "message": "x", "exitCode": 2, "time": "t"},
+        "cache": {"claimName": "im-m-cache", "path": "/models/model", "key": "k1", "revision": "abc", "bytes": 7,
+                  "completedAt": "2025-01-01T00:00:00Z"},
+        "lastFailure": {"reason": "DownloadFailed", "message": "x", "exitCode": 2, "time": "2025-01-01T00:00:00Z"},
         "conditions": [{"type": "Ready", "status": "True"}, {"type": "Old", "status": "True"}],
-    }
-    new = {
-        "phase": "Caching",
-        "cache": {"claimName": "im-m-cache", "path": "/models/model", "key": "k2"},
-        "lastFailure": {"reason": "DownloadFailed", "message": "y", "exitCode": None, "time": "u"},
-        "conditions": [{"type": "Ready", "status": "False"}],
-    }
-    patched = merge(previous, status_patch(previous, new))
-    assert patched["cache"] == {"claimName": "im-m-cache", "path": "/models/model", "key": "k2"}
-    assert patched["lastFailure"] == {"reason": "DownloadFailed", "message": "y", "time": "u"}
-    assert patched == merge({}, new)
+    }  # fmt: skip
+    kube = FakeKube(model(TINY, old))
+    run(kube, [])
+    [written] = kube.status_writes
+    assert set(written["cache"]) == {"claimName", "path", "key"} and written["cache"]["key"] != "k1"
+    assert [c["type"] for c in written["conditions"]] == ["CacheReady", "Available", "Ready", "Degraded"]
+    assert written["lastFailure"] == old["lastFailure"], "kept after recovery"
 
 
-def test_status_patch_removes_a_whole_field_that_is_gone() -> None:
-    previous = {"cache": {"claimName": "c", "revision": "r"}, "phase": "Ready"}
-    assert merge(previous, status_patch(previous, {"phase": "Failed", "cache": None})) == {"phase": "Failed"}
+def test_an_apply_the_api_server_rejects_is_derived_into_the_status_once() -> None:
+    rejected = KubeError(422, "spec.resources.requests.storage: Forbidden: field can not be less than previous value")
+    kube, events = FakeKube(model(TINY), reject={"PersistentVolumeClaim": rejected}), []
+    outcome = run(kube, events)
+    assert outcome is not None and outcome.phase == "Degraded" and outcome.reason == APPLY_REJECTED
+    assert not outcome.converging
+    [written] = kube.status_writes
+    degraded = ImageModelStatus.parse(written).condition("Degraded")
+    assert degraded is not None and degraded.ok and "PersistentVolumeClaim im-m-cache" in degraded.message
+    assert written["lastFailure"]["reason"] == APPLY_REJECTED
+    assert [(e.type, e.reason) for e in events] == [("Warning", APPLY_REJECTED)]
+    run(kube, events, at="2026-01-01T00:05:00Z")
+    assert len(kube.status_writes) == 1, "a rejection that persists does not rewrite the status"
+
+
+def test_a_server_error_while_applying_is_raised_for_kopf_to_retry() -> None:
+    kube = FakeKube(model(TINY), reject={"Service": KubeError(503, "etcd leader changed")})
+    with pytest.raises(KubeError):
+        run(kube, [])
+    assert kube.status_writes == []
+
+
+def test_a_refused_spec_writes_its_status_then_raises() -> None:
+    gated = {"source": {"huggingface": {"repo": "a/b", "tokenSecretRef": {"name": "hf"}}}, "resources": {"gpus": 0}}
+    kube, events = FakeKube(model(gated)), []
+    with pytest.raises(Refused, match="SecretNotFound"):
+        run(kube, events)
+    [written] = kube.status_writes
+    assert written["phase"] == "Failed" and written["lastFailure"]["reason"] == st_reasons.SECRET_NOT_FOUND
+    assert [(e.type, e.reason) for e in events] == [("Warning", "SecretNotFound")]
+    assert [k for k, _ in kube.objects] == ["ImageModel"], "nothing is applied for a refused spec"
 
 
 def test_a_model_scaled_to_zero_or_refused_by_the_api_server_is_settled_not_converging() -> None:
     # Converging models are polled every poll_seconds (timer) forever: only while something can change.
-    assert not Outcome("Pending", "spec.replicas is 0", st.SCALED_TO_ZERO).converging
+    assert not Outcome("Pending", "spec.replicas is 0", st_reasons.SCALED_TO_ZERO).converging
     assert not Outcome("Degraded", "0/1 pods ready", APPLY_REJECTED).converging
-    assert Outcome("Degraded", "back-off", st.IMAGE_PULL_BACK_OFF).converging
-    assert Outcome("Pending", "creating the cache Job", st.CACHE_PENDING).converging
-    assert Outcome("Loading", "0/1 pods ready", st.STARTING).converging
-    assert not Outcome("Ready", "1/1 pods ready", st.READY).converging
+    assert Outcome("Degraded", "back-off", st_reasons.IMAGE_PULL_BACK_OFF).converging
+    assert Outcome("Pending", "creating the cache Job", st_reasons.CACHE_PENDING).converging
+    assert Outcome("Loading", "0/1 pods ready", st_reasons.STARTING).converging
+    assert not Outcome("Ready", "1/1 pods ready", st_reasons.READY).converging
 
 
 @pytest.mark.parametrize(("retry", "follows"), [(0, True), (5, True), (11, True), (12, False), (500, False)])
@@ -67,9 +169,9 @@ def test_the_update_handler_follows_a_rollout_only_until_the_timer_takes_over(re
     # Each retry of a change handler patches kopf's progress annotations on the ImageModel: a model
     # that stays Degraded (or caches for an hour) must not be patched every poll forever.
     config = OperatorSettings(poll_seconds=5, resync_seconds=60)
-    loading = Outcome("Degraded", "ImagePullBackOff", st.IMAGE_PULL_BACK_OFF)
+    loading = Outcome("Degraded", "ImagePullBackOff", st_reasons.IMAGE_PULL_BACK_OFF)
     assert follows_update(loading, retry, config) is follows
-    assert not follows_update(Outcome("Ready", "", st.READY), 0, config)
+    assert not follows_update(Outcome("Ready", "", st_reasons.READY), 0, config)
     assert not follows_update(None, 0, config)
 
 

@@ -1,0 +1,120 @@
+"""The typed ImageModel status: what the operator writes and the router and people read.
+
+Field names are snake_case in Python and camelCase on the wire, as in crds/imagemodel.yaml.
+``wire()`` is what goes to the API server: fields that are None are left out, so a field the operator
+stops setting is one it stops applying, and server-side apply removes it. ``parse`` reads whatever a
+stored status holds (an older operator's, a hand edit) without failing: what cannot be read counts as
+absent, so the next write replaces it.
+
+Condition reasons are a contract (alerts and tests match on them): the constants below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic.alias_generators import to_camel
+
+Phase = Literal["Pending", "Caching", "Loading", "Ready", "Degraded", "Failed"]
+ConditionType = Literal["CacheReady", "Available", "Ready", "Degraded"]
+CONDITION_TYPES: tuple[ConditionType, ...] = ("CacheReady", "Available", "Ready", "Degraded")
+
+# Stable condition reasons.
+INVALID_SPEC = "InvalidSpec"
+UNKNOWN_PROFILE = "UnknownProfile"
+SECRET_NOT_FOUND = "SecretNotFound"
+PVC_NOT_FOUND = "PVCNotFound"
+PVC_PENDING = "PVCPending"
+CACHE_PENDING = "CachePending"
+DOWNLOADING = "Downloading"
+DOWNLOADED = "Downloaded"
+VOLUME_READY = "VolumeReady"
+DOWNLOAD_FAILED = "DownloadFailed"
+UNSCHEDULABLE = "Unschedulable"
+IMAGE_PULL_BACK_OFF = "ImagePullBackOff"
+CONFIG_ERROR = "CreateContainerConfigError"
+MODEL_LOAD_FAILED = "ModelLoadFailed"
+CONTAINER_RESTARTED = "ContainerRestarted"
+PROGRESS_DEADLINE = "ProgressDeadlineExceeded"
+CACHE_NOT_READY = "CacheNotReady"
+SCALED_TO_ZERO = "ScaledToZero"
+STARTING = "PodsStarting"
+AVAILABLE = "MinimumReplicasAvailable"
+READY = "Ready"
+AS_EXPECTED = "AsExpected"
+APPLY_REJECTED = "ApplyRejected"  # the API server refused a child the spec asks for (e.g. a shrunk claim)
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True, extra="ignore")
+
+
+class Condition(_Wire):
+    """kubebuilder-style; ``last_transition_time`` moves only when ``status`` changes."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = ""
+    message: str = ""
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "True"
+
+
+class CacheStatus(_Wire):
+    """The weights volume: which claim, where the pipeline is, and what the cache Job wrote there."""
+
+    claim_name: str
+    path: str | None = None
+    key: str | None = None  # the source's cache key: changes exactly when a new download is needed
+    revision: str | None = None
+    bytes: int | None = None
+    completed_at: str | None = None
+
+
+class LastFailure(_Wire):
+    """The most recent failure; kept after recovery, ``time`` moves only when the failure changes."""
+
+    reason: str
+    message: str
+    exit_code: int | None = None
+    time: str | None = None
+
+
+class ImageModelStatus(_Wire):
+    phase: Phase | None = None
+    observed_generation: int | None = None
+    source: str | None = None
+    smoke_test: bool | None = None
+    endpoint: str | None = None
+    replicas: int | None = None
+    ready_replicas: int | None = None
+    ready: str | None = None  # "readyReplicas/replicas", the Ready printer column
+    cache: CacheStatus | None = None
+    last_failure: LastFailure | None = None
+    conditions: tuple[Condition, ...] = ()
+
+    def condition(self, type_: str) -> Condition | None:
+        return next((c for c in self.conditions if c.type == type_), None)
+
+    def wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    @classmethod
+    def parse(cls, raw: object) -> ImageModelStatus:
+        """A stored ``status``, field by field: a field that does not parse counts as absent."""
+        if not isinstance(raw, Mapping):
+            return cls()
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            broken = {str(err["loc"][0]) for err in exc.errors() if err["loc"]}
+        try:
+            return cls.model_validate({k: v for k, v in raw.items() if k not in broken})
+        except ValidationError:
+            return cls()

@@ -1,0 +1,157 @@
+"""What the kubelet, the scheduler and the Job controller say is wrong with the pods and Jobs we made.
+
+Pure functions on objects as read from the API server (plain dicts): no API calls, no clock. Each
+answer is a :class:`Failure` with one of the stable reasons of :mod:`kubediffusion.imagemodel.status`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kubediffusion.imagemodel.status import (
+    CONFIG_ERROR,
+    CONTAINER_RESTARTED,
+    DOWNLOAD_FAILED,
+    IMAGE_PULL_BACK_OFF,
+    MODEL_LOAD_FAILED,
+    UNSCHEDULABLE,
+)
+
+Obj = Mapping[str, Any]
+MAX_MESSAGE = 1024
+
+# The scheduler's words for a pod whose Immediate-binding claim has no volume yet (PVCPending, not Unschedulable).
+UNBOUND_CLAIMS = "unbound immediate PersistentVolumeClaims"
+
+
+@dataclass(frozen=True)
+class Failure:
+    reason: str
+    message: str
+    exit_code: int | None = None
+
+
+def field(obj: Obj | None, *path: str) -> Any:
+    cur: Any = obj
+    for key in path:
+        if not isinstance(cur, Mapping):
+            return None
+        cur = cur.get(key)
+    return cur
+
+
+def condition_of(obj: Obj | None, type_: str) -> Obj | None:
+    for cond in field(obj, "status", "conditions") or []:
+        if cond.get("type") == type_:
+            return dict(cond)
+    return None
+
+
+def is_true(obj: Obj | None, type_: str) -> bool:
+    cond = condition_of(obj, type_)
+    return cond is not None and cond.get("status") == "True"
+
+
+def short(text: str) -> str:
+    text = text.strip()
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+
+
+def _newest_first(pods: Sequence[Obj]) -> list[Obj]:
+    return sorted(pods, key=lambda pod: str(field(pod, "metadata", "creationTimestamp") or ""), reverse=True)
+
+
+def _exit_code(terminated: Obj) -> int | None:
+    code = terminated.get("exitCode")
+    return int(code) if code is not None else None
+
+
+def pod_problem(pods: Sequence[Obj]) -> Failure | None:
+    """The first thing a kubelet or scheduler reports as wrong with these pods, newest pod first."""
+    for pod in _newest_first(pods):
+        if field(pod, "metadata", "deletionTimestamp"):
+            continue
+        scheduled = condition_of(pod, "PodScheduled")
+        if scheduled and scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
+            return Failure(UNSCHEDULABLE, short(str(scheduled.get("message") or "no node fits the pod")))
+        for status in field(pod, "status", "containerStatuses") or []:
+            waiting = field(status, "state", "waiting") or {}
+            reason = waiting.get("reason")
+            if reason in ("ImagePullBackOff", "ErrImagePull", "InvalidImageName"):
+                return Failure(IMAGE_PULL_BACK_OFF, short(f"{reason}: {waiting.get('message') or ''}"))
+            if reason == CONFIG_ERROR:
+                return Failure(CONFIG_ERROR, short(str(waiting.get("message") or reason)))
+            last = field(status, "lastState", "terminated") or {}
+            restarted = last and int(status.get("restartCount") or 0) > 0
+            if reason == "CrashLoopBackOff" or (restarted and not status.get("ready")):
+                detail = last.get("message") or last.get("reason") or "container restarted"
+                # A crash loop, or an exit the server itself explained as a load failure, is ModelLoadFailed;
+                # a single crash of a serving container (OOM kill, node trouble) is a restart in progress.
+                load_failed = reason == "CrashLoopBackOff" or str(detail).startswith(MODEL_LOAD_FAILED)
+                return Failure(
+                    MODEL_LOAD_FAILED if load_failed else CONTAINER_RESTARTED,
+                    short(f"container restarted {status.get('restartCount', 0)} time(s): {detail}"),
+                    _exit_code(last),
+                )
+    return None
+
+
+def recovered_restart(pods: Sequence[Obj]) -> Failure | None:
+    """A container that crashed and is ready again: not a current problem, but worth ``lastFailure``."""
+    for pod in _newest_first(pods):
+        for status in field(pod, "status", "containerStatuses") or []:
+            last = field(status, "lastState", "terminated")
+            if last and status.get("ready") and int(status.get("restartCount") or 0) > 0:
+                detail = last.get("message") or last.get("reason") or "container exited"
+                return Failure(
+                    CONTAINER_RESTARTED,
+                    short(
+                        f"pod {field(pod, 'metadata', 'name')} restarted {status.get('restartCount')} time(s) "
+                        f"and recovered; last exit: {detail}"
+                    ),
+                    _exit_code(last),
+                )
+    return None
+
+
+def _terminated(pod: Obj) -> Obj:
+    for status in field(pod, "status", "containerStatuses") or []:
+        term = field(status, "state", "terminated")
+        if term:
+            return dict(term)
+    return {}
+
+
+def fetch_summary(pods: Sequence[Obj]) -> dict[str, Any]:
+    """The JSON fetch-model writes to its termination message, from the newest pod that succeeded."""
+    for pod in _newest_first(pods):
+        if field(pod, "status", "phase") == "Succeeded":
+            try:
+                value = json.loads(_terminated(pod).get("message") or "")
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                return value
+    return {}
+
+
+def job_failure(job: Obj, pods: Sequence[Obj]) -> Failure:
+    """Why the cache Job failed: fetch-model's own error from its newest failed pod, else the Job's."""
+    for pod in _newest_first(pods):
+        if field(pod, "status", "phase") != "Failed":
+            continue
+        term = _terminated(pod)
+        message = str(term.get("message") or term.get("reason") or field(pod, "status", "message") or "")
+        try:  # fetch-model writes {"error": ...} as JSON
+            parsed = json.loads(message)
+            if isinstance(parsed, dict) and parsed.get("error"):
+                message = str(parsed["error"])
+        except ValueError:
+            pass
+        if message:
+            return Failure(DOWNLOAD_FAILED, short(message), _exit_code(term))
+    cond = condition_of(job, "Failed") or {}
+    return Failure(DOWNLOAD_FAILED, short(f"{cond.get('reason', 'Failed')}: {cond.get('message', '')}"))

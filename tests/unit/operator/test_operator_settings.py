@@ -1,0 +1,75 @@
+"""`kubediffusion operator` flags and KD_OPERATOR_* variables, parsed in one step by pydantic-settings."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic_settings import CliApp
+
+from kubediffusion.operator.main import main
+from kubediffusion.operator.settings import OperatorSettings
+
+ENV = {
+    "KD_OPERATOR_NAMESPACE": "a, b",
+    "KD_OPERATOR_INFERENCE_IMAGE": "registry.example/inference:2",
+    "KD_OPERATOR_PROFILES": json.dumps({"nvidia-l4": {"gpus": 1, "nodeSelector": {"gpu": "l4"}}}),
+    "KD_OPERATOR_RESYNC_SECONDS": "30",
+    "KD_OPERATOR_POLL_SECONDS": "2",
+    "KD_OPERATOR_HEALTH_PORT": "8081",
+}
+
+
+def parse(argv: list[str]) -> OperatorSettings:
+    return CliApp.run(OperatorSettings, cli_args=argv)
+
+
+def test_every_environment_variable_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    settings = parse([])
+    assert settings.namespaces == ["a", "b"]
+    assert settings.inference_image == "registry.example/inference:2"
+    assert settings.profiles["nvidia-l4"].node_selector == {"gpu": "l4"}
+    assert (settings.resync_seconds, settings.poll_seconds, settings.health_port) == (30, 2, 8081)
+    assert not settings.verbose
+
+
+def test_a_flag_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    settings = parse(["--namespace", "team", "--health-port", "0", "--verbose"])
+    assert settings.namespaces == ["team"] and settings.health_port == 0 and settings.verbose
+    assert settings.poll_seconds == 2, "what no flag sets still comes from the environment"
+    assert parse(["--namespace", ""]).namespaces == [], "empty = every namespace"
+
+
+def test_defaults_without_flags_or_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ENV:
+        monkeypatch.delenv(name, raising=False)
+    settings = parse([])
+    assert settings.namespaces == [] and settings.health_port == 8080 and settings.resync_seconds == 60
+
+
+def test_help_lists_the_flags_and_says_where_else_settings_come_from(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        parse(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: kubediffusion operator")
+    for flag in ("--namespace", "--health-port", "--verbose", "--inference-image", "--poll-seconds"):
+        assert flag in out
+    assert "KD_OPERATOR_" in out and "comma-separated namespaces" in out
+
+
+def test_bad_settings_exit_2_with_the_field_named(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--health-port", "99999"]) == 2
+    assert "health_port" in capsys.readouterr().err
+    monkeypatch.setenv("KD_OPERATOR_PROFILES", "{not json")
+    assert main([]) == 2
+    assert "profiles" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["--no-such-flag"])
+    assert exit_.value.code == 2
