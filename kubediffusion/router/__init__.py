@@ -2,11 +2,16 @@
 
 Modules, each small and named for what it does:
 
-    settings.py        RouterSettings (env prefix KD_ROUTER_)
-    app.py             create_app(settings, discovery=..., transport=...): routes, lifespan, request flow
-    routing.py         ModelEntry + RoutingTable: names, aliases, the default model
+    settings.py        RouterSettings (env prefix KD_ROUTER_); RouterFlags, the part that is also CLI flags
+    app.py             create_app(settings, discovery=..., transport=...): assembles state, routes, middleware
+    state.py           RouterState: what one app owns (discovery, balancer, keys, limiter, signer, store,
+                       metrics, forwarder) and its lifespan (the shared httpx client, discovery, sweeper)
+    deps.py            FastAPI dependencies: StateDep, SettingsDep, AuthenticatedCaller, RateLimitedCaller
+    routes/            one APIRouter per group: health.py, models.py, images.py (the request flow)
+    relay.py           the body a pod gets and the answer the client gets (passthrough, stored url links)
+    routing.py         ModelEntry + RoutingTable: names, aliases, the default model; validation per model
     discovery.py       the Discovery protocol + StaticDiscovery (YAML file)
-    kube_discovery.py  KubernetesDiscovery: watches ImageModels and their inference Pods
+    kube_discovery.py  KubernetesDiscovery: watches ImageModels and their inference Pods (lightkube, asyncio)
     balancer.py        least-requests-in-flight, passive ejection of unreachable pods
     forwarding.py      Forwarder: bounded retries on other pods; streams the pod's bytes through
     signing.py         HMAC-SHA256 signed, expiring image links

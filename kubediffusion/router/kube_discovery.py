@@ -1,6 +1,6 @@
 """Discovery from the Kubernetes API server: ImageModels and their inference Pods.
 
-Two watch loops run in daemon threads (the official client is synchronous; no extra dependency):
+Two watch loops run as asyncio tasks on one lightkube ``AsyncClient``; ``stop`` cancels them:
 
 * ImageModels (``kubediffusion.io/v1alpha1``): spec aliases/default/defaults/limits/presets and
   status.readyReplicas;
@@ -14,38 +14,47 @@ EndpointSlice controller in between), no Service needed, and it works where pod 
 addresses (the API server refuses those in EndpointSlices; our local test control plane uses them).
 
 Each loop lists (a full snapshot, replacing what it knew), then watches from the list's
-resourceVersion with a server-side timeout, and re-watches. A 410 Gone or any other error drops
-back to a fresh list (after a short backoff for errors). After every change the routing table is
-rebuilt from both snapshots and swapped in whole. ``synced`` is true once both have listed.
+resourceVersion with a server-side timeout, and re-watches from the last version it saw (a watch
+that outlives its timeout by ``WATCH_GRACE_SECONDS`` is cut and re-watched too: its connection may
+have died without a word). A 410 Gone or any other error drops back to a fresh list (after a
+short backoff for errors). After every change the routing table is rebuilt from both snapshots and
+swapped in whole. ``synced`` is true once both have listed. Objects reach the pure functions below
+as plain dicts, as the API server sends them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
-import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from kubernetes import client, config, watch
-from kubernetes.client.exceptions import ApiException
+from lightkube import ALL_NS, ApiError, AsyncClient, KubeConfig
+from lightkube.core.client import LabelSelector
+from lightkube.core.selector import build_selector
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.operators import exists
+from lightkube.resources.core_v1 import Pod
 
 from kubediffusion.imagemodel.names import COMPONENT_LABEL, MODEL_LABEL, PORT, PORT_NAME
-from kubediffusion.imagemodel.resource import GROUP, PLURAL, VERSION
+from kubediffusion.imagemodel.resource import GROUP, KIND, PLURAL, VERSION
 from kubediffusion.imagemodel.spec import ImageModelSpec, InvalidSpecError
 from kubediffusion.router.routing import ModelEntry, RoutingTable
 from kubediffusion.router.settings import RouterSettings
 
 log = logging.getLogger(__name__)
 
+ImageModel = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
+
 # Server-side: inference pods of any model (cache Job pods carry the model label with component cache).
-POD_SELECTOR = f"{COMPONENT_LABEL}=inference,{MODEL_LABEL}"
+POD_LABELS: LabelSelector = {COMPONENT_LABEL: "inference", MODEL_LABEL: exists()}
+POD_SELECTOR = build_selector(POD_LABELS)
 ERROR_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0)
+WATCH_GRACE_SECONDS = 15.0  # past its server-side timeout, a watch that has not ended is presumed dead
 
 Key = tuple[str, str]  # (namespace, name)
+Kind = Literal["models", "pods"]
 
 
 def model_entry(obj: dict[str, Any], endpoints: tuple[str, ...]) -> ModelEntry | None:
@@ -131,42 +140,51 @@ def _key(obj: dict[str, Any]) -> Key:
     return meta.get("namespace", ""), meta.get("name", "")
 
 
+def is_gone(exc: Exception) -> bool:
+    """410 Gone: the watch's resourceVersion is too old. The API server says so in an ERROR event of the
+    stream (lightkube raises ApiError) or, more rarely, as the watch request's own HTTP status."""
+    if isinstance(exc, ApiError):
+        return exc.status.code == 410
+    response = getattr(exc, "response", None)  # an HTTPStatusError of lightkube's HTTP client
+    return getattr(response, "status_code", None) == 410
+
+
 class KubernetesDiscovery:
+    """Follows ImageModels and inference Pods through ``client``. ``owns_client``: close it on stop.
+    ``sleep`` waits out the error backoff (tests record it instead)."""
+
     def __init__(
         self,
-        api_client: client.ApiClient,
+        client: AsyncClient,
         *,
         namespace: str = "",
         watch_timeout_seconds: int = 30,
         on_change: Callable[[RoutingTable], None] | None = None,
+        owns_client: bool = False,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self._api_client = api_client
-        self._namespace = namespace
+        self._client = client
+        self._namespace = namespace or ALL_NS
         self._watch_timeout = watch_timeout_seconds
         self._on_change = on_change
-        self._lock = threading.Lock()
+        self._owns_client = owns_client
+        self._sleep = sleep
         self._models: dict[Key, dict[str, Any]] = {}
         self._pods: dict[Key, tuple[str, str | None]] = {}
-        self._listed: set[str] = set()
+        self._listed: set[Kind] = set()
         self._table = RoutingTable()
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._watches: list[watch.Watch] = []
+        self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
     def from_settings(cls, settings: RouterSettings) -> KubernetesDiscovery:
-        configuration = client.Configuration()
-        if settings.kubeconfig is not None:
-            config.load_kube_config(config_file=str(settings.kubeconfig), client_configuration=configuration)  # type: ignore[no-untyped-call]
-        else:
-            try:
-                config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-            except config.ConfigException:
-                config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        """The client from ``settings.kubeconfig``, else the in-cluster service account, else $KUBECONFIG
+        (or ~/.kube/config); lightkube.ConfigError when there is none."""
+        config = KubeConfig.from_file(settings.kubeconfig) if settings.kubeconfig else KubeConfig.from_env()
         return cls(
-            client.ApiClient(configuration),
+            AsyncClient(config=config),
             namespace=settings.namespace,
             watch_timeout_seconds=settings.watch_timeout_seconds,
+            owns_client=True,
         )
 
     @property
@@ -177,114 +195,91 @@ class KubernetesDiscovery:
         return self._table
 
     async def start(self) -> None:
-        self._stop.clear()
-        for kind in ("models", "pods"):
-            thread = threading.Thread(target=self._run, args=(kind,), name=f"discovery-{kind}", daemon=True)
-            self._threads.append(thread)
-            thread.start()
+        kinds: tuple[Kind, ...] = ("models", "pods")
+        self._tasks = [asyncio.create_task(self._follow(kind), name=f"discovery-{kind}") for kind in kinds]
 
     async def stop(self) -> None:
-        self._stop.set()
-        for w in list(self._watches):
-            w.stop()  # type: ignore[no-untyped-call]
-            response = getattr(w, "_resp", None)  # interrupt a blocked read; the loop sees _stop
-            if response is not None:
-                with contextlib.suppress(Exception):
-                    response.close()
-        for thread in self._threads:
-            await asyncio.to_thread(thread.join, 5.0)
-        self._threads.clear()
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()  # a blocked watch read is interrupted at once; lightkube closes its response
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._owns_client:
+            await self._client.close()
 
-    # -- watch loops (threads) -------------------------------------------------------------------
+    # -- watch loops (tasks) ---------------------------------------------------------------------
 
-    def _list_call(self, kind: str) -> tuple[Callable[..., Any], dict[str, Any]]:
-        if kind == "models":
-            custom = client.CustomObjectsApi(self._api_client)
-            if self._namespace:
-                return custom.list_namespaced_custom_object, dict(
-                    group=GROUP, version=VERSION, namespace=self._namespace, plural=PLURAL
-                )
-            return custom.list_cluster_custom_object, dict(group=GROUP, version=VERSION, plural=PLURAL)
-        core = client.CoreV1Api(self._api_client)
-        if self._namespace:
-            return core.list_namespaced_pod, dict(namespace=self._namespace, label_selector=POD_SELECTOR)
-        return core.list_pod_for_all_namespaces, dict(label_selector=POD_SELECTOR)
-
-    def _run(self, kind: str) -> None:
+    async def _follow(self, kind: Kind) -> None:
         failures = 0
-        while not self._stop.is_set():
+        while True:
             try:
-                version = self._relist(kind)
+                version = await self._relist(kind)
                 failures = 0
-                self._watch(kind, version)
-            except ApiException as exc:
-                if self._stop.is_set():
-                    return
-                if exc.status == 410:
+                await self._watch(kind, version)
+            except Exception as exc:  # the loop must survive anything the network throws at it
+                if is_gone(exc):
                     log.info("discovery %s: watch expired (410), relisting", kind)
                     continue
                 failures += 1
-                log.warning("discovery %s: API error %s %s; relisting", kind, exc.status, exc.reason)
-            except Exception as exc:  # the loop must survive anything the network throws at it
-                if self._stop.is_set():
-                    return
-                failures += 1
                 log.warning("discovery %s: %s: %s; relisting", kind, type(exc).__name__, exc)
             if failures:
-                self._stop.wait(ERROR_BACKOFF_SECONDS[min(failures, len(ERROR_BACKOFF_SECONDS)) - 1])
+                await self._sleep(ERROR_BACKOFF_SECONDS[min(failures, len(ERROR_BACKOFF_SECONDS)) - 1])
 
-    def _relist(self, kind: str) -> str:
-        call, kwargs = self._list_call(kind)
-        response = call(_preload_content=False, _request_timeout=(10, 60), **kwargs)
-        body = json.loads(response.data)
-        items = body.get("items") or []
-        with self._lock:
-            if kind == "models":
-                self._models = {_key(item): item for item in items}
-            else:
-                self._pods = {_key(item): pod_endpoint(item) for item in items}
-            self._listed.add(kind)
-            self._rebuild()
-        version: str = (body.get("metadata") or {}).get("resourceVersion", "")
+    async def _relist(self, kind: Kind) -> str:
+        if kind == "models":
+            models = self._client.list(ImageModel, namespace=self._namespace)
+            self._models = {_key(item): item async for item in _as_dicts(models)}
+            version = models.resourceVersion
+        else:
+            pods = self._client.list(Pod, namespace=self._namespace, labels=POD_LABELS)
+            self._pods = {_key(item): pod_endpoint(item) async for item in _as_dicts(pods)}
+            version = pods.resourceVersion
+        self._listed.add(kind)
+        self._rebuild()
         return version
 
-    def _watch(self, kind: str, version: str) -> None:
-        call, kwargs = self._list_call(kind)
-        w = watch.Watch()  # type: ignore[no-untyped-call]
-        self._watches.append(w)
-        try:
-            while not self._stop.is_set():
-                for event in w.stream(
-                    call,
-                    resource_version=version,
-                    timeout_seconds=self._watch_timeout,  # type: ignore[no-untyped-call]
-                    allow_watch_bookmarks=True,
-                    deserialize=False,
-                    _request_timeout=(10, self._watch_timeout + 15),
-                    **kwargs,
-                ):
-                    if self._stop.is_set():
-                        return
-                    obj = event.get("object") or {}
-                    version = (obj.get("metadata") or {}).get("resourceVersion", version)
-                    if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
-                        self._apply(kind, event["type"], obj)
-        finally:
-            self._watches.remove(w)
+    async def _watch(self, kind: Kind, version: str) -> None:
+        """Apply events from ``version`` on, until an error. lightkube re-watches by itself after each
+        server-side timeout, but would wait forever on a connection that died without a word; so each
+        round is cut a grace period after the server should have ended it, and re-watched from the
+        last version seen."""
+        while True:
+            round_ = asyncio.timeout(self._watch_timeout + WATCH_GRACE_SECONDS)
+            try:
+                async with round_:
+                    async for event_type, obj in self._events(kind, version):
+                        item: dict[str, Any] = obj.to_dict()
+                        version = (item.get("metadata") or {}).get("resourceVersion") or version
+                        if event_type in ("ADDED", "MODIFIED", "DELETED"):
+                            self._apply(kind, event_type, item)
+            except TimeoutError:
+                if not round_.expired():
+                    raise
 
-    def _apply(self, kind: str, event_type: str, obj: dict[str, Any]) -> None:
+    def _events(self, kind: Kind, version: str) -> AsyncIterable[tuple[str, Any]]:
+        if kind == "models":
+            return self._client.watch(
+                ImageModel, namespace=self._namespace, server_timeout=self._watch_timeout, resource_version=version
+            )
+        return self._client.watch(
+            Pod,
+            namespace=self._namespace,
+            labels=POD_LABELS,
+            server_timeout=self._watch_timeout,
+            resource_version=version,
+        )
+
+    def _apply(self, kind: Kind, event_type: str, obj: dict[str, Any]) -> None:
         key = _key(obj)
-        with self._lock:
-            if kind == "models":
-                if event_type == "DELETED":
-                    self._models.pop(key, None)
-                else:
-                    self._models[key] = obj
-            elif event_type == "DELETED":
-                self._pods.pop(key, None)
+        if kind == "models":
+            if event_type == "DELETED":
+                self._models.pop(key, None)
             else:
-                self._pods[key] = pod_endpoint(obj)
-            self._rebuild()
+                self._models[key] = obj
+        elif event_type == "DELETED":
+            self._pods.pop(key, None)
+        else:
+            self._pods[key] = pod_endpoint(obj)
+        self._rebuild()
 
     def _rebuild(self) -> None:
         table = build_table(self._models, self._pods)
@@ -293,3 +288,9 @@ class KubernetesDiscovery:
             log.info("routing table: %s", ", ".join(f"{m.name}({len(m.endpoints)})" for m in table.models) or "empty")
             if self._on_change is not None:
                 self._on_change(table)
+
+
+async def _as_dicts(objects: AsyncIterable[Any]) -> AsyncIterator[dict[str, Any]]:
+    async for obj in objects:
+        item: dict[str, Any] = obj.to_dict()
+        yield item

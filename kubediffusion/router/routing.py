@@ -13,6 +13,7 @@ from typing import Any
 
 from kubediffusion.api.errors import ModelNotFoundError, NotFoundError
 from kubediffusion.api.limits import GenerationDefaults, GenerationLimits, StylePreset
+from kubediffusion.api.schema import ImageGenerationRequest, resolve_params
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,13 @@ class ModelEntry:
             "readyReplicas": ready,
             "endpoints": len(self.endpoints),
         }
+
+
+def validate_against_model(request: ImageGenerationRequest, model: ModelEntry) -> None:
+    """Raise the 400 a pod of ``model`` would answer (its limits, sizes, presets), so bad input never
+    reaches a pod. The resolved parameters are dropped on purpose: the pod resolves them again from
+    the same spec, and the router forwards the client's body, not its own reading of it."""
+    resolve_params(request, model.defaults, model.limits, dict(model.presets))
 
 
 class RoutingTable:

@@ -1,32 +1,53 @@
-"""Router settings: one pydantic-settings class, environment prefix ``KD_ROUTER_``.
+"""Router settings: one pydantic-settings class, environment prefix ``KD_ROUTER_``, a few fields also flags.
 
-Every field is also reachable as an environment variable, e.g. ``KD_ROUTER_PORT=9000`` or
-``KD_ROUTER_CORS_ORIGINS='["https://app.example"]'``. Secrets (API keys, the URL signing key) are read
-from files so that a Kubernetes Secret can be mounted, never from the command line.
+Every field is an environment variable, e.g. ``KD_ROUTER_PORT=9000`` or
+``KD_ROUTER_CORS_ORIGINS='["https://app.example"]'``. The fields of :class:`RouterFlags` are also
+command-line flags (``--port 9000``), read by pydantic-settings together with the environment in
+:func:`settings_from_cli`; a flag wins over its variable. Secrets (API keys, the URL signing key) are
+never flags: they come from files, so that a Kubernetes Secret can be mounted (or, for the signing
+key, from the environment), and stay out of ``ps`` and shell history.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, CliSettingsSource, SettingsConfigDict
+
+PROG = "kubediffusion router"
+
+LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]  # uvicorn's levels
 
 
-class RouterSettings(BaseSettings):
+class RouterFlags(BaseSettings):
+    """OpenAI-compatible Images router. Every setting is a KD_ROUTER_* environment variable; a flag wins."""
+
     model_config = SettingsConfigDict(env_prefix="KD_ROUTER_", extra="ignore")
 
-    host: str = "0.0.0.0"  # a router in a pod listens on all interfaces
-    port: int = Field(default=8080, ge=1, le=65535)
-    log_level: str = "info"
+    host: str = Field(default="0.0.0.0", description="listen address")  # a router in a pod listens on all
+    port: int = Field(default=8080, ge=1, le=65535, description="listen port")
+    log_level: LogLevel = Field(default="info", description="how much to log")
+    discovery: Literal["kubernetes", "static"] = Field(
+        default="kubernetes", description="where models come from: ImageModels in the cluster, or --static-config"
+    )
+    static_config: Path | None = Field(default=None, description="YAML list of models (implies --discovery static)")
+    namespace: str = Field(default="", description="namespace to watch; empty = all namespaces")
+    storage_dir: Path = Field(
+        default=Path("/var/lib/kubediffusion/images"), description="where images of url responses are kept"
+    )
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_case(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+
+class RouterSettings(RouterFlags):
     # Discovery
-    discovery: Literal["kubernetes", "static"] = "kubernetes"
-    static_config: Path | None = None  # YAML list of models, for discovery=static
-    namespace: str = ""  # empty = watch all namespaces
-    kubeconfig: Path | None = None  # empty = in-cluster config, else this file
+    kubeconfig: Path | None = None  # empty = in-cluster config, else $KUBECONFIG (or ~/.kube/config)
     watch_timeout_seconds: int = Field(default=30, ge=1)  # server-side watch timeout before a re-watch
 
     # Auth, limits, CORS
@@ -39,7 +60,6 @@ class RouterSettings(BaseSettings):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
 
     # url responses
-    storage_dir: Path = Path("/var/lib/kubediffusion/images")
     public_base_url: str = ""  # empty = derived from each request's Host
     signing_key: SecretStr | None = None  # prefer signing_key_file
     signing_key_file: Path | None = None  # no key at all = a random one per process (warned)
@@ -58,6 +78,25 @@ class RouterSettings(BaseSettings):
     no_endpoint_retry_after: int = Field(default=5, ge=1)  # Retry-After on 503 when no pod is ready
 
 
-@lru_cache(maxsize=1)
-def get_settings() -> RouterSettings:
-    return RouterSettings()
+def flag_parser() -> CliSettingsSource[RouterFlags]:
+    """The command line of ``kubediffusion router``: exactly the fields of :class:`RouterFlags`."""
+    return CliSettingsSource(
+        RouterFlags,
+        cli_prog_name=PROG,
+        cli_kebab_case=True,
+        cli_hide_none_type=True,
+        cli_avoid_json=True,
+        cli_show_env_vars=True,
+        cli_exit_on_error=False,  # errors raise; main() reports them and exits 2
+    )
+
+
+def settings_from_cli(argv: Sequence[str]) -> RouterSettings:
+    """Flags over ``KD_ROUTER_*`` over defaults, in one pydantic-settings build. ``--help`` prints and raises
+    SystemExit(0); bad input raises ``pydantic.ValidationError`` or ``pydantic_settings.SettingsError``."""
+    flags = flag_parser()(args=list(argv))
+    if "static_config" in flags():
+        # --static-config implies --discovery static; as an init value it ranks below an explicit
+        # --discovery and above KD_ROUTER_DISCOVERY, just as a flag would.
+        return RouterSettings(_cli_settings_source=flags, discovery="static")
+    return RouterSettings(_cli_settings_source=flags)

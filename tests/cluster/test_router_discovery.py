@@ -9,33 +9,64 @@ touches them) and carry ``kwok.x-k8s.io/status: custom``: kwok leaves their stat
 (tests/support/controlplane.py starts it with ``--disregard-status-with-annotation-selector``).
 No kubelet also means a deleted pod stays Terminating until it is force-deleted: the test sees
 that state too.
+
+The discovery talks to the API server through its own lightkube client, made from the control
+plane's kubeconfig (as the router makes it from KD_ROUTER_KUBECONFIG); the tests create and change
+objects with the kubernetes client. Its watch loops are asyncio tasks: the synchronous test runs
+them on an event loop in a thread of its own and polls the table they keep.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import threading
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+from lightkube import AsyncClient, KubeConfig
 
 from kubediffusion.api.errors import NotFoundError
 from kubediffusion.imagemodel import names
 from kubediffusion.imagemodel.resource import GROUP, PLURAL, VERSION
 from kubediffusion.router.app import create_app
-from kubediffusion.router.kube_discovery import KubernetesDiscovery
+from kubediffusion.router.kube_discovery import KubernetesDiscovery, is_gone
 from kubediffusion.router.settings import RouterSettings
+from tests.support.fixtures import Cluster
 from tests.support.nodes import CPU_NODE_NAMES
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 
 CRD_PATH = Path(__file__).resolve().parents[2] / "crds" / "imagemodel.yaml"
+
+T = TypeVar("T")
+
+
+class LoopThread:
+    """An event loop running in a thread: coroutines go in with :meth:`run`, the test stays synchronous."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="discovery-loop", daemon=True)
+        self.thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def lightkube_client(control_plane: Cluster) -> AsyncClient:
+    return AsyncClient(config=KubeConfig.from_file(control_plane.kubeconfig))
 
 
 @pytest.fixture(scope="module")
@@ -64,14 +95,23 @@ def imagemodel_crd(api_client: client.ApiClient) -> None:
 
 
 @pytest.fixture
-def discovery(api_client: client.ApiClient, namespace: str, imagemodel_crd: None) -> Iterator[KubernetesDiscovery]:
-    watcher = KubernetesDiscovery(api_client, namespace=namespace, watch_timeout_seconds=5)
-    asyncio.run(watcher.start())
+def discovery(control_plane: Cluster, namespace: str, imagemodel_crd: None) -> Iterator[KubernetesDiscovery]:
+    loop = LoopThread()
+
+    async def started() -> KubernetesDiscovery:
+        watcher = KubernetesDiscovery(
+            lightkube_client(control_plane), namespace=namespace, watch_timeout_seconds=5, owns_client=True
+        )
+        await watcher.start()
+        return watcher
+
+    watcher = loop.run(started())
     try:
         wait_for(lambda: watcher.synced, timeout=30, interval=0.1, message="discovery synced")
         yield watcher
     finally:
-        asyncio.run(watcher.stop())
+        loop.run(watcher.stop())
+        loop.close()
 
 
 @pytest.fixture
@@ -246,14 +286,33 @@ def test_discovery_follows_imagemodels_and_pods(
     assert [m.name for m in discovery.table().models] == ["other"]
 
 
+def test_a_watch_from_a_version_the_api_server_no_longer_has_is_gone(
+    control_plane: Cluster, namespace: str, imagemodel_crd: None
+) -> None:
+    """What makes the loop relist at once (no backoff): the real server's 410, recognised as such.
+    ImageModels: their watch cache starts when the CRD is established, long after resourceVersion 1
+    (the pods' cache may start so early that it still serves from 1)."""
+    loop = LoopThread()
+    watcher = KubernetesDiscovery(lightkube_client(control_plane), namespace=namespace, owns_client=True)
+    try:
+        with pytest.raises(Exception) as info:
+            loop.run(watcher._watch("models", "1"))
+        assert is_gone(info.value), repr(info.value)
+    finally:
+        loop.run(watcher.stop())
+        loop.close()
+
+
 async def test_router_lists_models_discovered_from_the_cluster(
-    api_client: client.ApiClient, namespace: str, imagemodel_crd: None, tmp_path: Path
+    api_client: client.ApiClient, control_plane: Cluster, namespace: str, imagemodel_crd: None, tmp_path: Path
 ) -> None:
     custom = client.CustomObjectsApi(api_client)
     custom.create_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURAL, imagemodel("listed", aliases=["dall-e-2"])
     )
-    watcher = KubernetesDiscovery(api_client, namespace=namespace, watch_timeout_seconds=5)
+    watcher = KubernetesDiscovery(
+        lightkube_client(control_plane), namespace=namespace, watch_timeout_seconds=5, owns_client=True
+    )
     settings = RouterSettings(storage_dir=tmp_path, signing_key="k" * 32)
     app = create_app(settings, discovery=watcher)
     async with (

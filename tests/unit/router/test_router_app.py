@@ -378,3 +378,58 @@ async def test_client_that_disconnects_while_the_pod_works_cancels_the_pod_reque
         await asyncio.wait_for(call, 5)
         assert cancelled.is_set()
         assert app.state.router.balancer.in_flight(A) == 0
+
+
+async def test_a_wrong_key_is_refused_before_it_spends_any_rate_budget(router: Any, tmp_path: Any, pods: Any) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("sk-right\n")
+    right = {"Authorization": "Bearer sk-right"}
+    async with router(api_keys_file=keys, rate_limit_rps=1, rate_limit_burst=1) as client:
+        wrong = [
+            await client.post("/v1/images/generations", json={"prompt": "x"}, headers={"Authorization": "Bearer no"})
+            for _ in range(3)
+        ]
+        first = await client.post("/v1/images/generations", json={"prompt": "x"}, headers=right)
+        second = await client.post("/v1/images/generations", json={"prompt": "x"}, headers=right)
+    assert [r.status_code for r in wrong] == [401, 401, 401]
+    assert first.status_code == 200 and second.status_code == 429
+    assert pods.hits() == 1
+
+
+async def test_metrics_count_refused_requests_once_each(router: Any, tmp_path: Any, pods: Any) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("sk-right\n")
+    right = {"Authorization": "Bearer sk-right"}
+    pods.behaviour[A] = lambda r: httpx.Response(200, json={"data": [{"b64_json": "!!not base64!!"}]})
+    async with router(api_keys_file=keys, rate_limit_rps=1, rate_limit_burst=2) as client:
+        await client.post("/v1/images/generations", json={"prompt": "x"})  # no key
+        garbled = await client.post(
+            "/v1/images/generations", json={"prompt": "x", "response_format": "url"}, headers=right
+        )
+        await client.post("/v1/images/generations", json={"prompt": "x"}, headers=right)  # the pod's 200 (b64)
+        await client.post("/v1/images/generations", json={"prompt": "x"}, headers=right)  # over the limit
+        text = (await client.get("/metrics")).text
+    assert garbled.status_code == 502
+    assert 'kubediffusion_router_requests_total{code="401",model="unknown"} 1.0' in text
+    assert 'kubediffusion_router_requests_total{code="429",model="unknown"} 1.0' in text
+    assert 'kubediffusion_router_requests_total{code="502",model="tiny"} 1.0' in text  # what the client got
+    assert 'kubediffusion_router_requests_total{code="200",model="tiny"} 1.0' in text  # only the b64 one
+
+
+async def test_a_client_that_leaves_is_counted_as_499(router: Any, pods: Any) -> None:
+    started = asyncio.Event()
+
+    async def slow_pod(request: httpx.Request) -> httpx.Response:
+        started.set()
+        await asyncio.sleep(30)
+        return httpx.Response(200, json={"created": 1, "data": []})
+
+    pods.behaviour[A] = slow_pod
+    async with router() as client:
+        hanging = HangingUpClient(client.app, "/v1/images/generations", b'{"prompt": "x"}', host="router.test")
+        call = hanging.start()
+        await asyncio.wait_for(started.wait(), 5)
+        hanging.hang_up()
+        await asyncio.wait_for(call, 5)
+        text = (await client.get("/metrics")).text
+    assert 'kubediffusion_router_requests_total{code="499",model="tiny"} 1.0' in text

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import yaml
+from lightkube import ApiError
+from lightkube.models.meta_v1 import Status
+from lightkube.resources.core_v1 import Pod
 
 from kubediffusion.imagemodel import names
+from kubediffusion.router import kube_discovery
 from kubediffusion.router.discovery import StaticDiscovery, parse_static_config
 from kubediffusion.router.kube_discovery import (
     POD_SELECTOR,
+    Kind,
     KubernetesDiscovery,
     build_table,
     model_entry,
@@ -39,8 +47,6 @@ def test_static_config_file(tmp_path: Path) -> None:
     )
     discovery = StaticDiscovery(path)
     assert not discovery.synced
-    import asyncio
-
     asyncio.run(discovery.start())
     table = discovery.table()
     assert discovery.synced and len(table) == 2
@@ -132,6 +138,7 @@ def test_the_server_side_selector_keeps_inference_pods_of_any_model_and_drops_ca
     assert not matches(names.labels("tiny", "cache"))
     assert not matches({names.COMPONENT_LABEL: "inference"})  # no model label: not ours to route
     assert all(matches({**names.selector(model), "extra": "1"}) for model in ("a", "b"))
+    assert f"{names.COMPONENT_LABEL}=inference,{names.MODEL_LABEL}" == POD_SELECTOR
 
 
 def imagemodel(name: str, spec: dict[str, Any], ns: str = "default", ready: int = 1) -> dict[str, Any]:
@@ -203,32 +210,108 @@ def test_table_joins_models_with_their_pods_by_namespace_and_model_label() -> No
 
 
 class ScriptedDiscovery(KubernetesDiscovery):
-    """The watch loop with the API calls replaced by a script: what happens on 410 and on errors."""
+    """The watch loop with the API calls replaced by a script: what happens on 410 and on errors. Each
+    watch raises the script's next step; when the script is done it is cancelled, as ``stop`` does."""
 
-    def __init__(self, script: list[BaseException | None]) -> None:
-        super().__init__(None, watch_timeout_seconds=1)  # type: ignore[arg-type]
+    def __init__(self, script: list[BaseException]) -> None:
+        self.waits: list[float] = []
+
+        async def record(seconds: float) -> None:
+            self.waits.append(seconds)
+
+        super().__init__(None, watch_timeout_seconds=1, sleep=record)  # type: ignore[arg-type]
         self.script = script
         self.calls: list[str] = []
 
-    def _relist(self, kind: str) -> str:
+    async def _relist(self, kind: Kind) -> str:
         self.calls.append("list")
         return "1"
 
-    def _watch(self, kind: str, version: str) -> None:
+    async def _watch(self, kind: Kind, version: str) -> None:
         self.calls.append("watch")
-        step = self.script.pop(0) if self.script else None
-        if step is None:
-            self._stop.set()
-            return
-        raise step
+        raise self.script.pop(0) if self.script else asyncio.CancelledError()
 
 
-def test_watch_410_relists_at_once_and_errors_relist_after_a_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    from kubernetes.client.exceptions import ApiException
+class Http410(Exception):
+    """A 410 as the watch request's own HTTP status (an HTTPStatusError of lightkube's HTTP client)."""
 
-    waits: list[float] = []
-    discovery = ScriptedDiscovery([ApiException(status=410, reason="Gone"), ConnectionError("reset"), None])
-    monkeypatch.setattr(discovery._stop, "wait", lambda seconds: waits.append(seconds))
-    discovery._run("models")
-    assert discovery.calls == ["list", "watch", "list", "watch", "list", "watch"]
-    assert waits == [0.5]  # one backoff: for the connection error, none for 410
+    response = SimpleNamespace(status_code=410)
+
+
+async def test_watch_410_relists_at_once_and_errors_relist_after_a_backoff() -> None:
+    gone = ApiError(status=Status(code=410, reason="Expired", message="too old resource version"))
+    discovery = ScriptedDiscovery([gone, Http410(), ConnectionError("reset"), ConnectionError("reset")])
+    with pytest.raises(asyncio.CancelledError):
+        await discovery._follow("models")
+    assert discovery.calls == ["list", "watch"] * 5
+    assert discovery.waits == [0.5, 0.5]  # one backoff per error (each after a good relist), none for 410
+
+
+async def test_errors_in_a_row_back_off_longer() -> None:
+    class FailingList(ScriptedDiscovery):
+        async def _relist(self, kind: Kind) -> str:
+            self.calls.append("list")
+            if len(self.calls) > 4:
+                raise asyncio.CancelledError
+            raise ConnectionError("refused")
+
+    discovery = FailingList([])
+    with pytest.raises(asyncio.CancelledError):
+        await discovery._follow("pods")
+    assert discovery.waits == [0.5, 1.0, 2.0, 5.0]
+
+
+async def test_stop_cancels_the_watch_loops_at_once() -> None:
+    watching, cancelled = asyncio.Event(), asyncio.Event()
+
+    class Blocked(ScriptedDiscovery):
+        async def _watch(self, kind: Kind, version: str) -> None:
+            watching.set()
+            try:
+                await asyncio.sleep(3600)  # a watch with nothing to say
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+    discovery = Blocked([])
+    await discovery.start()
+    await asyncio.wait_for(watching.wait(), 5)
+    await asyncio.wait_for(discovery.stop(), 5)
+    assert cancelled.is_set() and discovery.calls.count("list") == 2  # both kinds listed once
+    assert not [task for task in asyncio.all_tasks() if task.get_name().startswith("discovery-")]
+
+
+class SilentClient:
+    """A watch whose connection dies without a word after one event: it neither ends nor fails."""
+
+    def __init__(self) -> None:
+        self.watched_from: list[str] = []
+
+    def watch(self, res: Any, *, resource_version: str, **kwargs: Any) -> AsyncIterator[tuple[str, Any]]:
+        self.watched_from.append(resource_version)
+
+        async def events() -> AsyncIterator[tuple[str, Any]]:
+            obj = Pod.from_dict(pod("tiny", name=f"p{len(self.watched_from)}"))
+            obj.metadata.resourceVersion = str(10 + len(self.watched_from))
+            yield "ADDED", obj
+            await asyncio.sleep(3600)
+
+        return events()
+
+
+async def test_a_watch_that_outlives_its_server_timeout_is_cut_and_rewatched_from_the_last_version(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(kube_discovery, "WATCH_GRACE_SECONDS", -0.9)  # rounds of 0.1 s for a 1 s server timeout
+    silent = SilentClient()
+    discovery = KubernetesDiscovery(silent, watch_timeout_seconds=1)  # type: ignore[arg-type]
+    watching = asyncio.create_task(discovery._watch("pods", "5"))
+    try:
+        for _ in range(100):
+            if len(silent.watched_from) >= 3:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        watching.cancel()
+    assert silent.watched_from[:3] == ["5", "11", "12"]  # each round from the version the last one reached
+    assert set(discovery._pods) >= {("default", "p1"), ("default", "p2")}

@@ -1,0 +1,146 @@
+"""Everything one router app owns for its lifetime, in one object: :class:`RouterState`.
+
+``create_app`` builds it; its :meth:`RouterState.lifespan` (the app's lifespan) opens the one shared
+``httpx.AsyncClient`` (explicit timeouts, pooled) and the forwarder on it, starts discovery and the
+expired-image sweeper, and stops them again. Routes reach it through :mod:`.deps`, never through
+module globals, so several apps (tests) live side by side in one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+
+from kubediffusion.router.auth import APIKeys
+from kubediffusion.router.balancer import Balancer
+from kubediffusion.router.discovery import Discovery, StaticDiscovery
+from kubediffusion.router.forwarding import Forwarder
+from kubediffusion.router.kube_discovery import KubernetesDiscovery
+from kubediffusion.router.metrics import RouterMetrics
+from kubediffusion.router.ratelimit import RateLimiter
+from kubediffusion.router.settings import RouterSettings
+from kubediffusion.router.signing import URLSigner
+from kubediffusion.router.storage import ImageStore
+
+log = logging.getLogger(__name__)
+
+SWEEP_INTERVAL_SECONDS = 300.0
+
+
+class RouterState:
+    """Discovery, balancer, keys, limiter, signer, store and metrics; the forwarder while the app runs.
+
+    ``transport`` replaces the network for the upstream client (tests); ``clock`` drives rate limits
+    and pod ejection (tests)."""
+
+    def __init__(
+        self,
+        settings: RouterSettings,
+        *,
+        discovery: Discovery,
+        store: ImageStore,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.discovery = discovery
+        self.store = store
+        self.balancer = Balancer(eject_seconds=settings.eject_seconds, clock=clock)
+        self.keys = APIKeys(settings.api_keys_file)
+        self.limiter = RateLimiter(
+            rate=settings.rate_limit_rps,
+            burst=settings.rate_limit_burst,
+            global_rate=settings.global_rate_limit_rps,
+            global_burst=settings.global_rate_limit_burst,
+            clock=clock,
+        )
+        self.signer = URLSigner(signing_key(settings), ttl_seconds=settings.url_ttl_seconds)
+        self.metrics = RouterMetrics()
+        self._transport = transport
+        self._forwarder: Forwarder | None = None
+
+    @property
+    def forwarder(self) -> Forwarder:
+        if self._forwarder is None:
+            raise RuntimeError("the router app's lifespan is not running")
+        return self._forwarder
+
+    @asynccontextmanager
+    async def lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
+        settings = self.settings
+        limits = httpx.Limits(
+            max_connections=settings.upstream_max_connections,
+            max_keepalive_connections=min(100, settings.upstream_max_connections),
+        )
+        async with httpx.AsyncClient(
+            timeout=upstream_timeout(settings), limits=limits, transport=self._transport, follow_redirects=False
+        ) as client:
+            self._forwarder = Forwarder(
+                client,
+                self.balancer,
+                max_attempts=settings.max_attempts,
+                retry_read_timeouts=settings.retry_read_timeouts,
+                no_endpoint_retry_after=settings.no_endpoint_retry_after,
+                on_attempt=lambda model, outcome: self.metrics.upstream_attempts.labels(model, outcome).inc(),
+            )
+            sweeper: asyncio.Task[None] | None = None
+            try:
+                await self.discovery.start()
+                sweeper = asyncio.create_task(self._sweep_forever())
+                yield
+            finally:
+                if sweeper is not None:
+                    sweeper.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await sweeper
+                await self.discovery.stop()
+                self._forwarder = None
+
+    async def _sweep_forever(self) -> None:
+        """Delete stored images whose links have expired (plus a minute's grace)."""
+        ttl = self.settings.url_ttl_seconds
+        while True:
+            await asyncio.sleep(min(SWEEP_INTERVAL_SECONDS, float(ttl)))
+            try:
+                removed = await self.store.delete_older_than(ttl + 60)
+                if removed:
+                    log.info("removed %d expired image(s)", removed)
+            except OSError as exc:
+                log.warning("sweeping stored images failed: %s", exc)
+
+
+def signing_key(settings: RouterSettings) -> bytes:
+    if settings.signing_key_file is not None:
+        return settings.signing_key_file.read_bytes().strip()
+    if settings.signing_key is not None:
+        return settings.signing_key.get_secret_value().encode()
+    log.warning(
+        "no URL signing key configured: using a random one; image links will not survive a restart "
+        "or work across router replicas (set KD_ROUTER_SIGNING_KEY_FILE)"
+    )
+    return secrets.token_bytes(32)
+
+
+def default_discovery(settings: RouterSettings) -> Discovery:
+    if settings.discovery == "static":
+        if settings.static_config is None:
+            raise ValueError("discovery=static needs KD_ROUTER_STATIC_CONFIG (a YAML file)")
+        return StaticDiscovery(settings.static_config)
+    return KubernetesDiscovery.from_settings(settings)
+
+
+def upstream_timeout(settings: RouterSettings) -> httpx.Timeout:
+    return httpx.Timeout(
+        connect=settings.upstream_connect_timeout,
+        read=settings.upstream_read_timeout,
+        write=settings.upstream_write_timeout,
+        pool=settings.upstream_pool_timeout,
+    )
