@@ -7,9 +7,13 @@
 Weights are written into a staging directory next to ``--dest`` and renamed into place only when
 complete, with the marker ``.kubediffusion-complete.json`` (source, revision, bytes, completedAt).
 A rerun that finds the marker for the same source does nothing and exits 0. A short JSON summary
-(or ``{"error": ...}``) goes to ``--termination-log``. Exit codes: 0 done, 1 failed (worth a retry),
-2 failed permanently (404, not an archive, unsafe archive). so the operator reads it from the pod's status.
+(or ``{"error": ...}``) goes to ``--termination-log``, so the operator reads it from the pod's status.
+Exit codes: 0 done, 1 failed (worth a retry: network, 5xx), 2 failed permanently (404, refused by the
+download policy, broken or unsafe archive, no pipeline in it).
 Hugging Face tokens come from ``$HF_TOKEN`` (a secretKeyRef in the Job).
+
+``--url`` downloads follow the download policy (https only, no internal addresses; see ``--help`` and
+:mod:`kubediffusion.fetch.policy`) and archives are extracted within limits (:mod:`kubediffusion.fetch.limits`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kubediffusion.fetch import sources
+from kubediffusion.fetch import options, sources
+from kubediffusion.fetch.errors import FetchError
+from kubediffusion.fetch.limits import Limits
+from kubediffusion.fetch.policy import DownloadPolicy
 from kubediffusion.imagemodel.names import CACHE_MARKER as MARKER
 
 EXIT_FAILED = 1  # may succeed on retry (network, 5xx)
@@ -42,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     chosen.add_argument("--tiny", nargs="?", const="sd", metavar="KIND", help="the random-weight smoke-test model")
     parser.add_argument("--revision", default="main", help="Hugging Face revision (default main)")
     parser.add_argument("--termination-log", type=Path, help="write a JSON summary here (/dev/termination-log)")
+    options.add_arguments(parser)
     return parser
 
 
@@ -53,7 +61,7 @@ def source_id(args: argparse.Namespace) -> str:
     return f"tiny:{args.tiny}"
 
 
-def _fetcher(args: argparse.Namespace) -> Callable[[Path], str]:
+def _fetcher(args: argparse.Namespace, policy: DownloadPolicy, limits: Limits) -> Callable[[Path], str]:
     if args.huggingface:
         return lambda staging: sources.fetch_huggingface(args.huggingface, args.revision, staging)
     if args.url:
@@ -61,8 +69,8 @@ def _fetcher(args: argparse.Namespace) -> Callable[[Path], str]:
         if url.startswith("s3://"):
             return lambda staging: sources.fetch_s3(url, staging)
         if url.startswith(("http://", "https://")):
-            return lambda staging: sources.fetch_http(url, staging)
-        raise sources.FetchError(f"unsupported URL scheme: {url!r} (http, https or s3)", permanent=True)
+            return lambda staging: sources.fetch_http(url, staging, policy=policy, limits=limits)
+        raise FetchError(f"unsupported URL scheme: {url!r} (http, https or s3)", permanent=True)
     kind: str = args.tiny
     return lambda staging: sources.fetch_tiny(kind, staging)
 
@@ -162,15 +170,17 @@ def _write_summary(path: Path | None, summary: dict[str, Any]) -> None:
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    policy, limits = options.policy_from(args, parser), options.limits_from(args)
     source = source_id(args)
     try:
-        summary = fetch(args.dest, source, _fetcher(args))
+        summary = fetch(args.dest, source, _fetcher(args, policy, limits))
     except Exception as exc:
-        message = str(exc) if isinstance(exc, sources.FetchError) else f"{type(exc).__name__}: {exc}"
+        message = str(exc) if isinstance(exc, FetchError) else f"{type(exc).__name__}: {exc}"
         log.error("fetch-model failed: %s", message)
         _write_summary(args.termination_log, {"error": message, "source": source})
-        permanent = isinstance(exc, sources.FetchError) and exc.permanent
+        permanent = isinstance(exc, FetchError) and exc.permanent
         return EXIT_PERMANENT if permanent else EXIT_FAILED
     _write_summary(args.termination_log, summary)
     return 0

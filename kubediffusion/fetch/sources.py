@@ -2,6 +2,8 @@
 
 Heavy or optional libraries are imported only when their source is used: huggingface_hub (Hugging
 Face), boto3 (s3, untested here: no S3 in the test environment), the tiny writer (torch + diffusers).
+Only the http(s) source goes through the download policy: the Hugging Face and S3 clients talk to
+endpoints the operator sets, not to a URL an ImageModel names.
 """
 
 from __future__ import annotations
@@ -9,30 +11,17 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tarfile
 import tempfile
-import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
 
-import httpx
+from kubediffusion.fetch.archive import extract
+from kubediffusion.fetch.download import download
+from kubediffusion.fetch.errors import FetchError as FetchError
+from kubediffusion.fetch.limits import Limits
+from kubediffusion.fetch.policy import DownloadPolicy
 
-from kubediffusion.fetch.archive import archive_suffix, extract, model_root
-
-CHUNK = 1 << 20
 DOWNLOAD_PREFIX = ".download-"  # archives are downloaded next to the staging directory
-
-
-class FetchError(RuntimeError):
-    """A download or source failure with a message meant for the ImageModel's status.
-
-    ``permanent``: retrying cannot help (404, not an archive, unsafe archive); fetch-model then exits
-    with EXIT_PERMANENT and the Job's podFailurePolicy fails the Job at once instead of backing off.
-    """
-
-    def __init__(self, message: str, *, permanent: bool = False) -> None:
-        super().__init__(message)
-        self.permanent = permanent
 
 
 def fetch_huggingface(repo: str, revision: str, staging: Path) -> str:
@@ -49,46 +38,19 @@ def fetch_huggingface(repo: str, revision: str, staging: Path) -> str:
     return sha
 
 
-def _download(url: str, into: Path) -> str:
-    """Stream ``url`` to the file ``into``; returns ``sha256:<hex>`` of the bytes."""
-    digest = hashlib.sha256()
-    timeout = httpx.Timeout(30.0, read=300.0)
-    try:
-        with httpx.stream("GET", url, follow_redirects=True, timeout=timeout) as response:
-            if response.status_code != 200:
-                transient = response.status_code in (408, 429) or response.status_code >= 500
-                raise FetchError(
-                    f"GET {url}: HTTP {response.status_code} {response.reason_phrase}", permanent=not transient
-                )
-            with into.open("wb") as out:
-                for chunk in response.iter_bytes(CHUNK):
-                    digest.update(chunk)
-                    out.write(chunk)
-    except httpx.HTTPError as exc:
-        raise FetchError(f"GET {url}: {type(exc).__name__}: {exc}") from exc
-    return f"sha256:{digest.hexdigest()}"
+def fetch_http(url: str, staging: Path, *, policy: DownloadPolicy | None = None, limits: Limits | None = None) -> str:
+    """Download an archive next to ``staging`` (same volume, not /tmp) and extract it into ``staging``.
 
-
-def fetch_http(url: str, staging: Path) -> str:
-    """Download an archive next to ``staging`` (same volume, not /tmp) and extract it safely."""
-    name = urlparse(url).path.rsplit("/", 1)[-1]
-    if archive_suffix(name) is None:
-        raise FetchError(f"{url}: not a .tar.gz, .tgz, .tar or .zip archive", permanent=True)
+    ``limits.max_bytes`` None: the volume's free space now, before the download. Returns ``sha256:<hex>``.
+    """
+    policy, limits = policy or DownloadPolicy(), limits or Limits()
+    max_bytes = shutil.disk_usage(staging.parent).free if limits.max_bytes is None else limits.max_bytes
     fd, tmp = tempfile.mkstemp(prefix=DOWNLOAD_PREFIX, dir=staging.parent)
     os.close(fd)
     try:
-        revision = _download(url, Path(tmp))
-        unpacked = staging / ".unpacked"
-        unpacked.mkdir()
-        try:
-            extract(Path(tmp), unpacked, name=name)
-        except (ValueError, OSError, tarfile.TarError, zipfile.BadZipFile) as exc:  # incl. UnsafeArchiveError
-            raise FetchError(f"{url}: {exc}", permanent=True) from exc
-        root = model_root(unpacked)
-        for entry in root.iterdir():
-            entry.rename(staging / entry.name)
-        shutil.rmtree(unpacked, ignore_errors=True)
-        return revision
+        got = download(url, Path(tmp), policy=policy, max_bytes=limits.download_limit(max_bytes))
+        extract(Path(tmp), staging, name=got.name, limits=limits.with_max_bytes(max_bytes))
+        return got.revision
     finally:
         Path(tmp).unlink(missing_ok=True)
 

@@ -1,87 +1,28 @@
-"""``kubediffusion fetch-model`` end to end against a local HTTP server on 127.0.0.1 (no cluster)."""
+"""``kubediffusion fetch-model`` end to end against a local HTTP server on 127.0.0.1 (no cluster).
+
+The server is plain http on loopback, which the download policy refuses by default: every run here
+passes the opt-ins (``OPT_INS``) explicitly; tests/unit/fetch/test_fetch_download_policy.py checks the refusals.
+"""
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import tarfile
-import threading
 import zipfile
-from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
+from fetch_support import FAKE_MODEL, OPT_INS, Server, make_tar, run
 
-from kubediffusion.fetch.archive import UnsafeArchiveError, check_tar
+from kubediffusion.fetch.archive import UnsafeArchiveError, extract
 from kubediffusion.fetch.main import MARKER, main
-
-FAKE_MODEL = {
-    "model_index.json": '{"_class_name": "StableDiffusionPipeline"}',
-    "unet/config.json": '{"sample_size": 8}',
-    "unet/diffusion_pytorch_model.safetensors": "x" * 1000,
-}
-
-
-class Server:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.requests: list[str] = []
-        server = self
-
-        class Handler(SimpleHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                server.requests.append(self.path)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/{name}"
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    root = tmp_path / "www"
-    root.mkdir()
-    srv = Server(root)
-    srv.thread.start()
-    try:
-        yield srv
-    finally:
-        srv.httpd.shutdown()
-        srv.httpd.server_close()
-
-
-def write_tree(directory: Path, files: dict[str, str]) -> None:
-    for name, content in files.items():
-        path = directory / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content)
-
-
-def make_tar(path: Path, files: dict[str, str], *, prefix: str = "") -> None:
-    with tarfile.open(path, "w:gz") as tar:
-        for name, content in files.items():
-            data = content.encode()
-            info = tarfile.TarInfo(prefix + name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-
-
-def run(dest: Path, tmp_path: Path, *source: str) -> tuple[int, dict[str, Any]]:
-    log = tmp_path / "termination-log"
-    log.unlink(missing_ok=True)
-    code = main(["--dest", str(dest), "--termination-log", str(log), *source])
-    return code, json.loads(log.read_text())
 
 
 def test_http_tarball_is_extracted_with_a_marker_and_summary(server: Server, tmp_path: Path) -> None:
     make_tar(server.root / "model.tar.gz", FAKE_MODEL, prefix="sd-fake/")  # one top-level dir is unwrapped
     dest = tmp_path / "models" / "model"
-    code, summary = run(dest, tmp_path, "--url", server.url("model.tar.gz"))
+    code, summary = run(dest, tmp_path, "--url", server.url("model.tar.gz"), *OPT_INS)
     assert code == 0
     assert (dest / "model_index.json").read_text() == FAKE_MODEL["model_index.json"]
     assert (dest / "unet" / "config.json").exists()
@@ -97,9 +38,9 @@ def test_http_tarball_is_extracted_with_a_marker_and_summary(server: Server, tmp
 def test_rerun_with_the_same_source_does_nothing(server: Server, tmp_path: Path) -> None:
     make_tar(server.root / "model.tgz", FAKE_MODEL)
     dest = tmp_path / "model"
-    assert run(dest, tmp_path, "--url", server.url("model.tgz"))[0] == 0
+    assert run(dest, tmp_path, "--url", server.url("model.tgz"), *OPT_INS)[0] == 0
     requests_before = len(server.requests)
-    code, summary = run(dest, tmp_path, "--url", server.url("model.tgz"))
+    code, summary = run(dest, tmp_path, "--url", server.url("model.tgz"), *OPT_INS)
     assert code == 0 and summary["cached"] is True
     assert len(server.requests) == requests_before, "no second download"
 
@@ -108,8 +49,8 @@ def test_a_new_source_replaces_the_cache(server: Server, tmp_path: Path) -> None
     make_tar(server.root / "a.tar", FAKE_MODEL)
     make_tar(server.root / "b.tar", {"model_index.json": '{"v": 2}'})
     dest = tmp_path / "model"
-    assert run(dest, tmp_path, "--url", server.url("a.tar"))[0] == 0
-    assert run(dest, tmp_path, "--url", server.url("b.tar"))[0] == 0
+    assert run(dest, tmp_path, "--url", server.url("a.tar"), *OPT_INS)[0] == 0
+    assert run(dest, tmp_path, "--url", server.url("b.tar"), *OPT_INS)[0] == 0
     assert (dest / "model_index.json").read_text() == '{"v": 2}'
     assert not (dest / "unet").exists()
 
@@ -119,13 +60,13 @@ def test_zip_archive(server: Server, tmp_path: Path) -> None:
         for name, content in FAKE_MODEL.items():
             archive.writestr(name, content)
     dest = tmp_path / "model"
-    assert run(dest, tmp_path, "--url", server.url("model.zip"))[0] == 0
+    assert run(dest, tmp_path, "--url", server.url("model.zip"), *OPT_INS)[0] == 0
     assert (dest / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size == 1000
 
 
 def test_404_fails_with_a_clear_message_and_nonzero_exit(server: Server, tmp_path: Path) -> None:
     dest = tmp_path / "model"
-    code, summary = run(dest, tmp_path, "--url", server.url("missing.tar.gz"))
+    code, summary = run(dest, tmp_path, "--url", server.url("missing.tar.gz"), *OPT_INS)
     assert code == 2, "permanent: the Job's podFailurePolicy fails at once"
     assert "HTTP 404" in summary["error"] and "missing.tar.gz" in summary["error"]
     assert not dest.exists()
@@ -133,7 +74,7 @@ def test_404_fails_with_a_clear_message_and_nonzero_exit(server: Server, tmp_pat
 
 
 def test_unreachable_server_fails_cleanly(tmp_path: Path) -> None:
-    code, summary = run(tmp_path / "model", tmp_path, "--url", "http://127.0.0.1:9/model.tar.gz")
+    code, summary = run(tmp_path / "model", tmp_path, "--url", "http://127.0.0.1:9/model.tar.gz", *OPT_INS)
     assert code == 1 and "ConnectError" in summary["error"], "transient: worth a retry"
 
 
@@ -179,7 +120,7 @@ def _evil_tar(path: Path, kind: str) -> None:
 def test_unsafe_tarball_is_rejected_and_nothing_escapes(server: Server, tmp_path: Path, kind: str, words: str) -> None:
     _evil_tar(server.root / "evil.tar", kind)
     dest = tmp_path / "a" / "b" / "model"
-    code, summary = run(dest, tmp_path, "--url", server.url("evil.tar"))
+    code, summary = run(dest, tmp_path, "--url", server.url("evil.tar"), *OPT_INS)
     assert code == 2
     assert words in summary["error"]
     assert not dest.exists()
@@ -189,30 +130,40 @@ def test_unsafe_tarball_is_rejected_and_nothing_escapes(server: Server, tmp_path
 def test_zip_traversal_is_rejected(server: Server, tmp_path: Path) -> None:
     with zipfile.ZipFile(server.root / "evil.zip", "w") as archive:
         archive.writestr("../evil.txt", "evil")
-    code, summary = run(tmp_path / "model", tmp_path, "--url", server.url("evil.zip"))
+    code, summary = run(tmp_path / "model", tmp_path, "--url", server.url("evil.zip"), *OPT_INS)
     assert code != 0 and "path traversal" in summary["error"]
 
 
 def test_safe_relative_symlink_inside_the_archive_is_allowed(tmp_path: Path) -> None:
-    path = tmp_path / "ok.tar"
-    with tarfile.open(path, "w") as tar:
-        link = tarfile.TarInfo("unet/weights.bin")
-        link.type = tarfile.SYMTYPE
-        link.linkname = "../shared/weights.bin"
-        tar.addfile(link)
-    with tarfile.open(path) as tar:
-        check_tar(tar)
-        with pytest.raises(UnsafeArchiveError):
-            bad = tarfile.TarInfo("x")
-            bad.type = tarfile.SYMTYPE
-            bad.linkname = "../../outside"
-            tar.members.append(bad)
-            check_tar(tar)
+    def tar_with_link(path: Path, link: str) -> Path:
+        with tarfile.open(path, "w") as tar:
+            for name, data in (("model_index.json", b"{}"), ("shared/weights.bin", b"w" * 10)):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            info = tarfile.TarInfo("unet/weights.bin")
+            info.type = tarfile.SYMTYPE
+            info.linkname = link
+            tar.addfile(info)
+        return path
+
+    good = tmp_path / "good"
+    good.mkdir()
+    extract(tar_with_link(tmp_path / "ok.tar", "../shared/weights.bin"), good, name="ok.tar")
+    assert (good / "unet" / "weights.bin").is_symlink()
+    assert (good / "unet" / "weights.bin").read_bytes() == b"w" * 10
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    with pytest.raises(UnsafeArchiveError, match="links outside"):
+        extract(tar_with_link(tmp_path / "bad.tar", "../../outside"), bad, name="bad.tar")
+    assert list(bad.iterdir()) == [], "nothing is written when the plan is refused"
 
 
-def test_not_an_archive_url_is_refused(tmp_path: Path) -> None:
-    code, summary = run(tmp_path / "model", tmp_path, "--url", "https://example.invalid/model.bin")
-    assert code != 0 and "not a .tar.gz" in summary["error"]
+def test_not_an_archive_url_is_refused(server: Server, tmp_path: Path) -> None:
+    (server.root / "model.bin").write_bytes(b"not an archive")
+    code, summary = run(tmp_path / "model", tmp_path, "--url", server.url("model.bin"), *OPT_INS)
+    assert code == 2 and "not a .tar.gz" in summary["error"]
+    assert server.requests == ["/model.bin"] and not (tmp_path / "model").exists()
 
 
 def test_tiny_model_over_http_then_idempotent(server: Server, tmp_path: Path) -> None:
@@ -224,7 +175,7 @@ def test_tiny_model_over_http_then_idempotent(server: Server, tmp_path: Path) ->
     with tarfile.open(server.root / "tiny.tar.gz", "w:gz") as tar:
         tar.add(source_dir, arcname="tiny")
     dest = tmp_path / "model"
-    code, summary = run(dest, tmp_path, "--url", server.url("tiny.tar.gz"))
+    code, summary = run(dest, tmp_path, "--url", server.url("tiny.tar.gz"), *OPT_INS)
     assert code == 0 and summary["bytes"] > 0
     assert (dest / "model_index.json").exists() and (dest / "unet").is_dir()
 
@@ -250,7 +201,7 @@ def test_leftovers_of_a_killed_run_are_removed(server: Server, tmp_path: Path) -
     (cache / ".model.old-cafecafe").mkdir()
     (cache / ".download-abc123").write_bytes(b"partial")
     dest = cache / "model"
-    assert main(["--dest", str(dest), "--url", server.url("model.tar.gz")]) == 0
+    assert main(["--dest", str(dest), "--url", server.url("model.tar.gz"), *OPT_INS]) == 0
     assert sorted(p.name for p in cache.iterdir()) == ["model"]
     assert (dest / MARKER).exists()
 
