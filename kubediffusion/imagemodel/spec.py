@@ -15,6 +15,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
@@ -96,7 +97,8 @@ class Source(_Spec):
         if self.huggingface is not None:
             return f"hf:{self.huggingface.repo}@{self.huggingface.revision}"
         if self.url is not None:
-            return self.url if len(self.url) <= 60 else self.url[:57] + "..."
+            shown = display_url(self.url)
+            return shown if len(shown) <= 60 else shown[:57] + "..."
         if self.pvc is not None:
             return f"pvc:{self.pvc.claim_name}/{self.pvc.path}".rstrip("/")
         assert self.tiny is not None
@@ -106,6 +108,15 @@ class Source(_Spec):
         """Changes exactly when the cached bytes must change: a new source means a new download."""
         canonical = json.dumps(self.model_dump(mode="json", exclude_none=True), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def display_url(url: str) -> str:
+    """``url`` for status and messages: no credentials, query or fragment (a presigned URL's signature)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(an invalid URL)"
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
 class Resources(_Spec):

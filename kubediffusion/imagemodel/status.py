@@ -24,7 +24,9 @@ CONDITION_TYPES: tuple[ConditionType, ...] = ("CacheReady", "Available", "Ready"
 # Stable condition reasons.
 INVALID_SPEC = "InvalidSpec"
 UNKNOWN_PROFILE = "UnknownProfile"
-SECRET_NOT_FOUND = "SecretNotFound"
+SECRET_NOT_FOUND = "SecretNotFound"  # the kubelet cannot find the token Secret (or its key) a model names
+DOWNLOAD_REFUSED = "DownloadRefused"  # the operator's download policy refuses spec.source.url (no Job is made)
+IMAGE_NOT_ALLOWED = "ImageNotAllowed"  # spec.image is outside the operator's allowed images
 PVC_NOT_FOUND = "PVCNotFound"
 PVC_PENDING = "PVCPending"
 CACHE_PENDING = "CachePending"

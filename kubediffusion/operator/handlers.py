@@ -6,8 +6,8 @@ corrects drift). Waiting is an exception: while a model converges the *timer* ra
 ``kopf.TemporaryError(delay=poll_seconds)``, so a new model has one polling loop; create/resume handlers
 apply once and leave the waiting to it, an update handler follows its own rollout until the timer of a
 settled model wakes at the next resync and takes over (see :func:`follows_update`). A refused spec is
-``kopf.PermanentError`` (no retry storm); the timer still looks at it every resync, so creating a missing
-Secret heals it.
+``kopf.PermanentError`` (no retry storm); the timer still looks at it every resync, so a refusal that
+no longer holds (the operator's settings changed) heals without an edit.
 
 Handlers are sync (kopf runs them in a thread pool) with lightkube's sync client; a per-model lock
 keeps the timer and a change handler from reconciling the same model at once.

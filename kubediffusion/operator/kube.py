@@ -24,7 +24,7 @@ from lightkube.core.resource import NamespacedResource
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.batch_v1 import Job
-from lightkube.resources.core_v1 import PersistentVolumeClaim, Pod, Secret, Service
+from lightkube.resources.core_v1 import PersistentVolumeClaim, Pod, Service
 from lightkube.types import CascadeType, PatchType
 
 from kubediffusion.imagemodel.names import FIELD_MANAGER
@@ -35,12 +35,12 @@ TIMEOUT = 30.0
 
 ImageModel = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
 
-# kind -> resource; the only kinds the operator touches.
+# kind -> resource; the only kinds the operator touches. No Secrets: the kubelet resolves a model's token
+# Secret for the cache Job's pod, and the chart grants the operator no access to any (docs/security.md).
 RESOURCES: dict[str, type[NamespacedResource]] = {
     "PersistentVolumeClaim": PersistentVolumeClaim,
     "Service": Service,
     "Pod": Pod,
-    "Secret": Secret,
     "Job": Job,
     "Deployment": Deployment,
     KIND: ImageModel,
@@ -114,13 +114,6 @@ class Kube:
         except KubeError as exc:
             if exc.status != 404:
                 raise
-
-    def secret_key_exists(self, namespace: str, name: str, key: str) -> bool | None:
-        """True/False whether the Secret has ``key``; None when the Secret is absent. Values are not kept."""
-        secret = self.get("Secret", namespace, name)
-        if secret is None:
-            return None
-        return key in (secret.get("data") or {}) or key in (secret.get("stringData") or {})
 
     def apply_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """Server-side apply the ImageModel's status subresource: fields left out of ``status`` are removed."""

@@ -7,6 +7,7 @@ answer is a :class:`Failure` with one of the stable reasons of :mod:`kubediffusi
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ from kubediffusion.imagemodel.status import (
     DOWNLOAD_FAILED,
     IMAGE_PULL_BACK_OFF,
     MODEL_LOAD_FAILED,
+    SECRET_NOT_FOUND,
     UNSCHEDULABLE,
 )
 
@@ -25,6 +27,9 @@ MAX_MESSAGE = 1024
 
 # The scheduler's words for a pod whose Immediate-binding claim has no volume yet (PVCPending, not Unschedulable).
 UNBOUND_CLAIMS = "unbound immediate PersistentVolumeClaims"
+# The kubelet's words (CreateContainerConfigError) for an env secretKeyRef it cannot resolve: the Secret
+# is absent (`secret "hf" not found`) or lacks the key (`couldn't find key token in Secret ns/hf`).
+_SECRET_MISSING = re.compile(r'secrets? "[^"]*" not found|couldn\'t find key .* in Secret ')
 
 
 @dataclass(frozen=True)
@@ -83,7 +88,9 @@ def pod_problem(pods: Sequence[Obj]) -> Failure | None:
             if reason in ("ImagePullBackOff", "ErrImagePull", "InvalidImageName"):
                 return Failure(IMAGE_PULL_BACK_OFF, short(f"{reason}: {waiting.get('message') or ''}"))
             if reason == CONFIG_ERROR:
-                return Failure(CONFIG_ERROR, short(str(waiting.get("message") or reason)))
+                message = str(waiting.get("message") or reason)
+                missing_secret = _SECRET_MISSING.search(message)
+                return Failure(SECRET_NOT_FOUND if missing_secret else CONFIG_ERROR, short(message))
             last = field(status, "lastState", "terminated") or {}
             restarted = last and int(status.get("restartCount") or 0) > 0
             if reason == "CrashLoopBackOff" or (restarted and not status.get("ready")):

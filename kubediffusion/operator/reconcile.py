@@ -24,13 +24,13 @@ from kubediffusion.imagemodel.status import (
     APPLY_REJECTED,
     INVALID_SPEC,
     SCALED_TO_ZERO,
-    SECRET_NOT_FOUND,
     UNKNOWN_PROFILE,
     CacheStatus,
     ImageModelStatus,
 )
 from kubediffusion.operator import status
 from kubediffusion.operator.kube import Kube, KubeError
+from kubediffusion.operator.policy import image_refusal
 from kubediffusion.operator.problems import Failure, is_true
 from kubediffusion.operator.resources import (
     CacheVolume,
@@ -118,7 +118,7 @@ def _observe(
     try:
         spec = ImageModelSpec.from_body(body)
         hardware = resolve_resources(spec.resources, settings.profiles)
-        refused = _check_secret(kube, spec, namespace)
+        refused = _refusal(spec, settings)
     except InvalidSpecError as exc:
         refused = Failure(UNKNOWN_PROFILE if exc.field == "resources.profile" else INVALID_SPEC, str(exc))
     if refused is not None or spec is None:
@@ -133,21 +133,19 @@ def _observe(
             refused=refused or Failure(INVALID_SPEC, "spec could not be parsed"),
         )
     owner = names.Owner(name=name, namespace=namespace, uid=meta["uid"])
-    ctx = Context(owner=owner, image=spec.image or settings.inference_image, hardware=hardware)
+    image = spec.image or settings.inference_image
+    ctx = Context(owner=owner, image=image, hardware=hardware, download=settings.download)
     return _apply_children(kube, spec, ctx, generation, cache_volume(spec, name), previous_cache)
 
 
-def _check_secret(kube: Kube, spec: ImageModelSpec, namespace: str) -> Failure | None:
-    hf = spec.source.huggingface
-    if hf is None or hf.token_secret_ref is None:
-        return None
-    ref = hf.token_secret_ref
-    found = kube.secret_key_exists(namespace, ref.name, ref.key)
-    if found is None:
-        return Failure(SECRET_NOT_FOUND, f"Secret {ref.name} (spec.source.huggingface.tokenSecretRef) not found")
-    if not found:
-        return Failure(SECRET_NOT_FOUND, f"Secret {ref.name} has no key {ref.key!r}")
-    return None
+def _refusal(spec: ImageModelSpec, settings: OperatorSettings) -> Failure | None:
+    """What the operator will not run for this spec (docs/security.md); nothing is applied then.
+
+    A token Secret is not looked up here: the operator has no access to Secrets. The kubelet resolves
+    it for the cache Job's pod, and a missing one shows there as ``SecretNotFound``.
+    """
+    refused = image_refusal(spec.image, settings.allowed_images, settings.inference_image)
+    return refused or settings.download.refusal(spec.source)
 
 
 def _observe_job(kube: Kube, desired: Mapping[str, Any] | None) -> tuple[Any, list[Any], bool]:

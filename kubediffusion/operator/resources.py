@@ -14,6 +14,7 @@ from typing import Any
 
 from kubediffusion.imagemodel import names
 from kubediffusion.imagemodel.spec import HardwareProfile, ImageModelSpec
+from kubediffusion.operator.policy import HTTPS_ONLY, DownloadPolicy
 
 Manifest = dict[str, Any]
 
@@ -25,6 +26,7 @@ class Context:
     owner: names.Owner
     image: str
     hardware: HardwareProfile
+    download: DownloadPolicy = HTTPS_ONLY
 
 
 @dataclass(frozen=True)
@@ -118,14 +120,24 @@ def build_cache_pvc(spec: ImageModelSpec, owner: names.Owner) -> Manifest | None
     }
 
 
-def fetch_args(spec: ImageModelSpec, model_dir: str) -> list[str]:
-    """Arguments of ``kubediffusion fetch-model`` for the spec's source."""
+def fetch_args(spec: ImageModelSpec, volume: CacheVolume, download: DownloadPolicy = HTTPS_ONLY) -> list[str]:
+    """Arguments of ``kubediffusion fetch-model`` for the spec's source.
+
+    An http(s) archive gets the download policy and, in a claim the operator sized, ``--max-bytes`` of
+    that size (an archive cannot fill the volume past it). Other sources get neither: fetch-model does
+    not apply them there, and a policy change then does not replace their Jobs.
+    """
     source = spec.source
-    args = ["--dest", model_dir, "--termination-log", "/dev/termination-log"]
+    args = ["--dest", volume.model_dir, "--termination-log", "/dev/termination-log"]
     if source.huggingface is not None:
         return [*args, "--huggingface", source.huggingface.repo, "--revision", source.huggingface.revision]
     if source.url is not None:
-        return [*args, "--url", source.url]
+        args += ["--url", source.url]
+        if source.url.startswith(("http://", "https://")):
+            args += download.fetch_flags()
+            if volume.owned:
+                args += ["--max-bytes", spec.cache.size]
+        return args
     if source.tiny is not None:
         return [*args, "--tiny", source.tiny.kind]
     raise ValueError("a pvc source needs no cache Job")
@@ -169,7 +181,7 @@ def build_cache_job(spec: ImageModelSpec, ctx: Context) -> Manifest | None:
                 "name": "fetch",
                 "image": ctx.image,
                 "command": ["kubediffusion", "fetch-model"],
-                "args": fetch_args(spec, volume.model_dir),
+                "args": fetch_args(spec, volume, ctx.download),
                 "env": env,
                 "resources": {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "4Gi"}},
                 "securityContext": container_security_context(),

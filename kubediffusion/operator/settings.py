@@ -6,12 +6,52 @@ wins over the environment. ``OperatorSettings()`` alone reads only the environme
 
 from __future__ import annotations
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import ipaddress
+import json
+from typing import Annotated
+
+from pydantic import AfterValidator, BeforeValidator, Field
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from kubediffusion.imagemodel.spec import HardwareProfile
+from kubediffusion.operator.policy import DownloadPolicy
 
 DEFAULT_IMAGE = "ghcr.io/kubediffusion/inference:0.1.0"
+
+
+def _items(value: object) -> object:
+    """A list from a flag or variable: ``a,b``, ``a b`` or a JSON list (a flag may also be repeated)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [item for item in text.replace(",", " ").split() if item]
+    return value
+
+
+def _networks(value: object) -> object:
+    """CIDRs (or single addresses) in canonical form, as fetch-model and a NetworkPolicy read them."""
+    items = _items(value)
+    if not isinstance(items, list | tuple):
+        return items
+    out = []
+    for item in items:
+        try:
+            out.append(str(ipaddress.ip_network(str(item).strip(), strict=False)))
+        except ValueError as exc:
+            raise ValueError(f"{item!r} is not an IP network (CIDR such as 10.0.0.0/8)") from exc
+    return out
+
+
+def _no_blanks(items: list[str]) -> list[str]:
+    for item in items:
+        if not item or any(c.isspace() for c in item) or "://" in item:
+            raise ValueError(f"{item!r} is not a host or image prefix (no scheme, no spaces)")
+    return items
+
+
+Items = Annotated[list[str], NoDecode, BeforeValidator(_items), AfterValidator(_no_blanks)]
+Networks = Annotated[list[str], NoDecode, BeforeValidator(_networks)]
 
 
 class OperatorSettings(BaseSettings):
@@ -43,9 +83,34 @@ class OperatorSettings(BaseSettings):
     poll_seconds: float = Field(
         default=5.0, gt=0, description="how often a model that is still caching or loading is looked at"
     )
+    download_allow_http: bool = Field(
+        default=False, description="let url sources download over plain http (default: https only)"
+    )
+    download_allowed_networks: Networks = Field(
+        default_factory=list,
+        description="comma-separated CIDRs downloads may reach though internal (loopback, link-local, private,"
+        " CGNAT...), e.g. an in-cluster mirror; default: none",
+    )
+    download_allowed_hosts: Items = Field(
+        default_factory=list,
+        description="comma-separated hosts url sources may download from (exact, or *.example.com); empty = any",
+    )
+    allowed_images: Items = Field(
+        default_factory=list,
+        description="comma-separated registry/repository prefixes spec.image must be under (e.g. ghcr.io/acme/);"
+        " the inference image is always allowed; empty = any image",
+    )
     health_port: int = Field(default=8080, ge=0, le=65535, description="liveness port, /healthz (0 = none)")
     verbose: bool = Field(default=False, description="debug logging")
 
     @property
     def namespaces(self) -> list[str]:
         return [ns.strip() for ns in self.namespace.split(",") if ns.strip()]
+
+    @property
+    def download(self) -> DownloadPolicy:
+        return DownloadPolicy(
+            allow_http=self.download_allow_http,
+            allowed_networks=tuple(self.download_allowed_networks),
+            allowed_hosts=tuple(host.lower() for host in self.download_allowed_hosts),
+        )

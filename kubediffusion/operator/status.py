@@ -10,8 +10,8 @@ Deployment is applied, because the Deployment's replicas depend on it.
 
 Phases: Pending (nothing to do yet / waiting for a volume) → Caching (Job running) → Loading (pods
 starting) → Ready; Degraded (something observed is wrong and may recover: pods crash, image pull,
-unschedulable, a child the API server refuses); Failed (needs a spec or cluster change: bad spec,
-missing Secret, download failed).
+unschedulable, a child the API server refuses); Failed (needs a spec or cluster change: bad spec, a
+spec the operator refuses (image, download policy), a token Secret the kubelet cannot find, download failed).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from kubediffusion.imagemodel.status import (
     PVC_PENDING,
     READY,
     SCALED_TO_ZERO,
+    SECRET_NOT_FOUND,
     STARTING,
     VOLUME_READY,
     CacheStatus,
@@ -164,7 +165,10 @@ def cache_state(
         msg = f"PersistentVolumeClaim {claim_name} is Pending (waiting for a volume)"
         return CacheState(PVC_PENDING, msg, info=info)
     if problem is not None:
-        return CacheState(problem.reason, f"cache Job: {problem.message}", phase="Degraded", failure=problem, info=info)
+        # A token Secret the kubelet cannot find needs someone to create it (Failed); the pod waits for it
+        # and starts by itself once it exists. Everything else may pass (Degraded).
+        phase: Phase = "Failed" if problem.reason == SECRET_NOT_FOUND else "Degraded"
+        return CacheState(problem.reason, f"cache Job: {problem.message}", phase=phase, failure=problem, info=info)
     msg = f"cache Job {get(job, 'metadata', 'name')} is running"
     return CacheState(DOWNLOADING, msg, phase="Caching", info=info)
 

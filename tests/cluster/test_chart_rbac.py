@@ -3,7 +3,8 @@ SelfSubjectAccessReview): what the operator and router need is allowed, everythi
 
 The allowed rows are exactly the rules the chart renders (checked both ways), and they are the calls
 kubediffusion/operator (kube.py, reconcile.py, kopf) and kubediffusion/router (kube_discovery.py:
-ImageModels and inference Pods) make.
+ImageModels and inference Pods) make. Neither may read a Secret: the kubelet resolves a model's token
+Secret for the cache Job's pod.
 """
 
 from __future__ import annotations
@@ -50,7 +51,6 @@ OPERATOR_ALLOWED = [
     *_rows("get create patch", "apps", "deployments"),
     *_rows("get create patch delete", "batch", "jobs"),
     *_rows("list watch", "", "pods"),
-    *_rows("get", "", "secrets"),
     *_rows("create", "", "events"),
 ]
 ROUTER_ALLOWED = [
@@ -61,7 +61,7 @@ ROUTER_ALLOWED = [
 COMMON_DENIED = [
     *_rows("create update delete deletecollection", "kubediffusion.io", "imagemodels"),
     *_rows("update", "kubediffusion.io", "imagemodels/status"),
-    *_rows("list watch", "", "secrets"),
+    *_rows("get list watch", "", "secrets"),
     *_rows("create update patch delete", "", "secrets"),
     *_rows("get list", "", "configmaps"),
     *_rows("create delete", "", "pods"),
@@ -209,3 +209,28 @@ def test_all_namespaces_mode_grants_the_same_verbs_cluster_wide_and_nothing_more
         assert _check(api, namespace, anywhere, denied) == []
     finally:
         api.close()
+
+
+NO_SECRETS = [Access(verb, "", "secrets", ns) for verb in ("get", "list", "watch") for ns in ("<watched>", OTHER)]
+
+
+@pytest.mark.parametrize("values", [{}, {"watch": {"allNamespaces": True}}], ids=["namespaced", "all-namespaces"])
+def test_the_operator_service_account_can_not_read_any_secret(
+    helm: Helm, control_plane: Cluster, namespace: str, values: dict[str, object]
+) -> None:
+    # The operator used to GET a model's token Secret to check that it exists; now the kubelet resolves it
+    # for the cache Job's pod and reports a missing one (SecretNotFound). Asked of the API server itself.
+    fullname = f"kd-{namespace[-6:]}"
+    install(helm, "kd", namespace, {"crds": {"enabled": False}, "fullnameOverride": fullname, **values}, wait=False)
+    try:
+        api = impersonating_client(control_plane.kubeconfig, f"system:serviceaccount:{namespace}:{fullname}-operator")
+        try:
+            allowed = [
+                str(a) for a in [*NO_SECRETS, Access("list", "", "secrets", CLUSTER)] if _allowed(api, a, namespace)
+            ]
+            assert allowed == []
+            assert _allowed(api, Access("list", "", "pods"), namespace), "the review itself answers (it may list pods)"
+        finally:
+            api.close()
+    finally:
+        helm.run("uninstall", "kd", "--namespace", namespace, check=False)

@@ -121,39 +121,32 @@ def test_gpu_model_lands_on_a_gpu_node_and_an_impossible_one_is_unschedulable(
 def test_refused_specs_fail_with_a_reason_and_other_models_still_reconcile(
     api_client: client.ApiClient, namespace: str, operator: OperatorProcess
 ) -> None:
-    gated = {
-        "source": {"huggingface": {"repo": "org/gated", "tokenSecretRef": {"name": "hf-token"}}},
-        "resources": {"gpus": 0},
-        "cache": {"size": "1Gi"},
-    }
-    create_model(api_client, namespace, "gated", gated)
+    # The operator runs with its default download policy: https only.
+    plain = {**TINY, "source": {"url": "http://models.example/sd.tar.gz?X-Amz-Signature=s3cr3t"}}
+    create_model(api_client, namespace, "plain", plain)
     create_model(api_client, namespace, "odd-profile", {**TINY, "resources": {"profile": "tpu-v9"}})
     create_model(api_client, namespace, "fine", TINY)
 
-    model = wait_phase(api_client, namespace, "gated", "Failed", CacheReady="SecretNotFound")
-    assert "hf-token" in condition(model, "CacheReady")["message"]
+    model = wait_phase(api_client, namespace, "plain", "Failed", CacheReady="DownloadRefused")
+    message = condition(model, "CacheReady")["message"]
+    assert "http://models.example/sd.tar.gz" in message and "plain http is not allowed" in message, message
+    assert "s3cr3t" not in message and "s3cr3t" not in model["status"]["source"]
     model = wait_phase(api_client, namespace, "odd-profile", "Failed", Degraded="UnknownProfile")
     assert "tpu-v9" in model["status"]["lastFailure"]["message"]
     assert "nvidia-l4" in model["status"]["lastFailure"]["message"], "names the known profiles"
     wait_phase(api_client, namespace, "fine", "Ready")
-    kids = children(api_client, namespace, "gated")
-    assert kids["job"] == [] and kids["deployment"] == [], "nothing is applied for a refused spec"
-    assert ("Warning", "SecretNotFound") in events(api_client, namespace, "gated")
+    kids = children(api_client, namespace, "plain")
+    assert kids["pvc"] == [] and kids["job"] == [] and kids["deployment"] == [], "nothing is applied for a refused spec"
+    assert ("Warning", "DownloadRefused") in events(api_client, namespace, "plain")
 
-    # Creating the Secret heals the model on the next resync: no edit of the ImageModel needed.
-    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hf-token"}, "stringData": {"token": "x"}}
-    assert raw(api_client, "POST", f"/api/v1/namespaces/{namespace}/secrets", secret)[0] == 201
-    wait_phase(api_client, namespace, "gated", "Ready", timeout=60)
-    job = children(api_client, namespace, "gated")["job"][0]
-    env = job["spec"]["template"]["spec"]["containers"][0]["env"]
-    assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}} in env
-
-    # Refused again (the Secret is gone): nothing new is applied, but the pods it left keep serving and
-    # status says so instead of 0 ready.
-    assert raw(api_client, "DELETE", f"/api/v1/namespaces/{namespace}/secrets/hf-token")[0] == 200
-    model = wait_phase(api_client, namespace, "gated", "Failed", timeout=60, CacheReady="SecretNotFound")
+    # Refused after serving (the source becomes an http URL): nothing new is applied, but the pods of the
+    # earlier spec keep serving and status says so instead of 0 ready.
+    patch_model_spec(api_client, namespace, "fine", {"source": {"tiny": None, "url": "http://models.example/x.zip"}})
+    model = wait_phase(api_client, namespace, "fine", "Failed", timeout=60, CacheReady="DownloadRefused")
     assert model["status"]["readyReplicas"] == 1 and model["status"]["ready"] == "1/1"
     assert condition(model, "Available")["status"] == "True"
+    job = children(api_client, namespace, "fine")["job"][0]
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"][-2:] == ["--tiny", "sd"], "left as it was"
 
 
 def _report_exit(api: client.ApiClient, ns: str, pod: dict[str, Any], exit_code: int, message: str) -> None:

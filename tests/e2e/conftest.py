@@ -5,7 +5,8 @@
   pods read.
 - ``pod_runner`` (session): runs pods scheduled to its node as local processes (tests/e2e/podrunner.py).
 - ``e2e_stack`` (module): a namespace, the real operator and the real router (Kubernetes discovery)
-  watching it. Tests in one module share it, so models are built once per module.
+  watching it. Tests in one module share it, so models are built once per module. The operator allows
+  http downloads from 127.0.0.1 (``DOWNLOADS``), where the tests serve their archives.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ from tests.cluster.operator_fixture import OperatorProcess
 from tests.e2e.podrunner import PodRunner
 from tests.e2e.stack import E2EStack, RouterProcess
 from tests.support.fixtures import Cluster
+
+# The e2e models download archives over plain http from servers on 127.0.0.1: the opt-ins a cluster with
+# an internal plain-http mirror would set (the operator and fetch-model refuse both by default).
+DOWNLOADS = {"KD_OPERATOR_DOWNLOAD_ALLOW_HTTP": "true", "KD_OPERATOR_DOWNLOAD_ALLOWED_NETWORKS": "127.0.0.1/32"}
 
 
 def runner_pod_cidr() -> str:
@@ -56,7 +61,7 @@ def e2e_stack(
     core.create_namespace({"metadata": {"name": ns, "labels": {"kubediffusion.io/test": "true"}}})
     workdir = tmp_path_factory.mktemp(f"e2e-{module}")
     operator = OperatorProcess(
-        control_plane.kubeconfig, workdir / "operator.log", env={"KD_OPERATOR_NAMESPACE": ns}
+        control_plane.kubeconfig, workdir / "operator.log", env={"KD_OPERATOR_NAMESPACE": ns, **DOWNLOADS}
     ).start()
     router = RouterProcess(control_plane.kubeconfig, ns, workdir).start()
     try:

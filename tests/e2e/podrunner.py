@@ -1,10 +1,15 @@
 """Test infrastructure, not product: a tiny "kubelet" that runs pods as local processes.
 
 The local control plane has no container runtime. This runner registers one node (``runner-0``,
-tainted so only pods that tolerate it land there) and does for its pods what a kubelet would: it gives
-each pod an IP from a loopback range, starts the first container's command with the pod's env, maps
-volumes to local directories, reports status (Running, Ready from the readiness probe, restarts, exit
-codes and termination messages), and stops the process when the pod is deleted.
+tainted so only pods that tolerate it land there: tests/e2e/runner_node.py) and does for its pods what a
+kubelet would: it gives each pod an IP from a loopback range, starts the first container's command with
+the pod's env, maps volumes to local directories, reports status (Running, Ready from the readiness
+probe, restarts, exit codes and termination messages), and stops the process when the pod is deleted.
+
+Env ``valueFrom.secretKeyRef`` is resolved as the kubelet resolves it: a Secret or key that does not
+exist (and is not optional) keeps the container from starting, waiting with reason
+``CreateContainerConfigError`` and the kubelet's own message, retried until it exists. ``image_env``
+stands for the ENV an image sets (by image reference), under the pod's own env.
 
 Path mapping: a process cannot see ``/models``, so every env value or argument that starts with a volume
 mount path is rewritten to the local directory backing that volume (PVCs use the test provisioner's
@@ -35,23 +40,21 @@ import httpx
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from tests.e2e import runner_node
+from tests.e2e.runner_node import NODE_NAME
 from tests.support.provisioner import claim_directory
 
 log = logging.getLogger(__name__)
 
-NODE_NAME = "runner-0"
-RUNNER_LABEL = "kubediffusion.io/runner"
-TAINT = {"key": RUNNER_LABEL, "value": "true", "effect": "NoSchedule"}
-# What an ImageModel/pod needs in order to land on the runner's node.
-PLACEMENT = {
-    "nodeSelector": {RUNNER_LABEL: "true"},
-    "tolerations": [{"key": RUNNER_LABEL, "operator": "Equal", "value": "true", "effect": "NoSchedule"}],
-}
 RESTART_BACKOFF_SECONDS = 1.0
 
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class ContainerConfigError(Exception):
+    """What the kubelet reports as CreateContainerConfigError (the container is not started, and retried)."""
 
 
 @dataclass
@@ -71,6 +74,8 @@ class RunningPod:
     next_start: float = 0.0
     mounts: dict[str, Path] = field(default_factory=dict)
     last_report: str = ""
+    config_error: str = ""  # why the container cannot start yet (CreateContainerConfigError)
+    admitted_at: str = field(default_factory=_now)  # the pod's startTime, as a kubelet sets it once
 
 
 class PodRunner:
@@ -92,10 +97,11 @@ class PodRunner:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pod-runner", daemon=True)
         self._http = httpx.Client(timeout=1.0)
+        self.image_env: dict[str, dict[str, str]] = {}  # image reference -> the ENV that image sets
 
     # lifecycle -----------------------------------------------------------------------------------
     def start(self) -> PodRunner:
-        self._register_node()
+        runner_node.register(self.core, self.coordination)
         self._thread.start()
         return self
 
@@ -116,75 +122,6 @@ class PodRunner:
             if p.namespace == namespace and p.process is not None and p.process.poll() is None
         }
 
-    # node ----------------------------------------------------------------------------------------
-    def _register_node(self) -> None:
-        body = {
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {
-                "name": NODE_NAME,
-                "labels": {RUNNER_LABEL: "true", "kubernetes.io/hostname": NODE_NAME, "kubernetes.io/os": "linux"},
-            },
-            "spec": {"taints": [TAINT]},
-        }
-        try:
-            self.core.create_node(body)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-        self._heartbeat(force_status=True)
-
-    def _heartbeat(self, force_status: bool = False) -> None:
-        now_micro = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        lease = {
-            "apiVersion": "coordination.k8s.io/v1",
-            "kind": "Lease",
-            "metadata": {"name": NODE_NAME, "namespace": "kube-node-lease"},
-            "spec": {"holderIdentity": NODE_NAME, "leaseDurationSeconds": 40, "renewTime": now_micro},
-        }
-        try:
-            self.coordination.patch_namespaced_lease(NODE_NAME, "kube-node-lease", {"spec": lease["spec"]})
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-            self.coordination.create_namespaced_lease("kube-node-lease", lease)
-        if not force_status:
-            return
-        capacity = {"cpu": "16", "memory": "64Gi", "pods": "110", "nvidia.com/gpu": "2", "ephemeral-storage": "100Gi"}
-        status = {
-            "status": {
-                "capacity": capacity,
-                "allocatable": capacity,
-                "addresses": [
-                    {"type": "InternalIP", "address": "127.0.0.1"},
-                    {"type": "Hostname", "address": NODE_NAME},
-                ],
-                "conditions": [
-                    {
-                        "type": "Ready",
-                        "status": "True",
-                        "reason": "KubeletReady",
-                        "message": "pod runner is posting ready status",
-                        "lastHeartbeatTime": _now(),
-                        "lastTransitionTime": _now(),
-                    }
-                ],
-                "nodeInfo": {
-                    "kubeletVersion": "v1.36.0",
-                    "containerRuntimeVersion": "process://runner",
-                    "architecture": "amd64",
-                    "operatingSystem": "linux",
-                    "osImage": "",
-                    "kernelVersion": "",
-                    "kubeProxyVersion": "",
-                    "machineID": "",
-                    "systemUUID": "",
-                    "bootID": "",
-                },
-            }
-        }
-        self.core.patch_node_status(NODE_NAME, status)
-
     # main loop -----------------------------------------------------------------------------------
     def _run(self) -> None:
         last_lease = 0.0
@@ -193,7 +130,7 @@ class PodRunner:
             try:
                 now = time.monotonic()
                 if now - last_lease > 5:
-                    self._heartbeat(force_status=now - last_status > 20)
+                    runner_node.heartbeat(self.core, self.coordination, force_status=now - last_status > 20)
                     last_lease = now
                     if now - last_status > 20:
                         last_status = now
@@ -247,7 +184,12 @@ class PodRunner:
         process = pod.process
         restart_policy = pod.spec.restart_policy or "Always"
         if process is None and not pod.finished and time.monotonic() >= pod.next_start:
-            self._start_process(pod)
+            try:
+                self._start_process(pod)
+                pod.config_error = ""
+            except ContainerConfigError as exc:
+                pod.config_error = str(exc)
+                pod.next_start = time.monotonic() + RESTART_BACKOFF_SECONDS
         elif process is not None and process.poll() is not None:
             code = process.returncode if process.returncode >= 0 else 128 - process.returncode  # as runtimes do
             pod.last_exit = {
@@ -289,14 +231,15 @@ class PodRunner:
             "HOME": str(pod.workdir),
             "TMPDIR": str(pod.workdir),
             "PYTHONUNBUFFERED": "1",
+            **self.image_env.get(container.image or "", {}),
         }
         for var in container.env or []:
             if var.value is not None:
                 env[var.name] = self._rewrite(pod, _expand(var.value, env))
             elif var.value_from is not None and var.value_from.secret_key_ref is not None:
-                ref = var.value_from.secret_key_ref
-                secret = self.core.read_namespaced_secret(ref.name, pod.namespace)
-                env[var.name] = base64.b64decode(secret.data[ref.key]).decode()
+                value = self._secret_value(pod.namespace, var.value_from.secret_key_ref)
+                if value is not None:
+                    env[var.name] = value
             elif var.value_from is not None and var.value_from.field_ref is not None:
                 path = var.value_from.field_ref.field_path
                 env[var.name] = {
@@ -307,6 +250,23 @@ class PodRunner:
             else:
                 env[var.name] = ""
         return env
+
+    def _secret_value(self, namespace: str, ref: Any) -> str | None:
+        """The kubelet's ``secretKeyRef``: the value; None when optional and absent; else its error message."""
+        try:
+            secret = self.core.read_namespaced_secret(ref.name, namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            if ref.optional:
+                return None
+            raise ContainerConfigError(f'secret "{ref.name}" not found') from None
+        data = secret.data or {}
+        if ref.key not in data:
+            if ref.optional:
+                return None
+            raise ContainerConfigError(f"couldn't find key {ref.key} in Secret {namespace}/{ref.name}")
+        return base64.b64decode(data[ref.key]).decode()
 
     def _start_process(self, pod: RunningPod) -> None:
         container = self._container(pod)
@@ -364,6 +324,9 @@ class PodRunner:
             state: dict[str, Any] = {"terminated": pod.last_exit}
         elif pod.process is not None:
             phase, state = "Running", {"running": {"startedAt": pod.started_at}}
+        elif pod.config_error:
+            waiting = {"reason": "CreateContainerConfigError", "message": pod.config_error}
+            phase, state = "Running" if pod.restart_count else "Pending", {"waiting": waiting}
         else:
             reason = "CrashLoopBackOff" if pod.restart_count else "ContainerCreating"
             phase, state = "Running" if pod.restart_count else "Pending", {"waiting": {"reason": reason}}
@@ -386,7 +349,7 @@ class PodRunner:
                 "hostIP": "127.0.0.1",
                 "podIP": pod.ip,
                 "podIPs": [{"ip": pod.ip}],
-                "startTime": pod.started_at or _now(),
+                "startTime": pod.admitted_at,
                 "conditions": [
                     {"type": "PodScheduled", "status": "True"},
                     {"type": "Initialized", "status": "True"},

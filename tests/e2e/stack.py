@@ -19,7 +19,8 @@ from PIL import Image
 
 from kubediffusion.local import free_port
 from tests.cluster.operator_fixture import OperatorProcess, create_model, wait_phase
-from tests.e2e.podrunner import PLACEMENT, PodRunner
+from tests.e2e.podrunner import PodRunner
+from tests.e2e.runner_node import PLACEMENT
 from tests.support.waiting import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -122,3 +122,16 @@ subjects:
     name: {{ .serviceAccount }}
     namespace: {{ $ctx.Release.Namespace }}
 {{- end }}
+
+{{/*
+Address ranges a download may not reach unless downloads.allowedNetworks holds them: the ranges of
+fetch-model's download policy (kubediffusion/fetch/policy.py; tests/unit/chart compares the two), as
+JSON lists for the cache Jobs' NetworkPolicy `except`.
+*/}}
+{{- define "kubediffusion.downloads.blockedIPv4" -}}
+["0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+ "224.0.0.0/4", "192.0.0.0/24", "192.0.2.0/24", "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24", "240.0.0.0/4"]
+{{- end }}
+{{- define "kubediffusion.downloads.blockedIPv6" -}}
+["::/128", "::1/128", "fe80::/10", "fc00::/7", "ff00::/8", "::/96", "100::/64", "2001:db8::/32", "fec0::/10"]
+{{- end }}

@@ -27,7 +27,9 @@ app.kubernetes.io/component: operator
 {{/*
 RBAC rules of the operator: exactly the calls kubediffusion/operator makes (kube.py, reconcile.py,
 handlers.py) and kopf makes for it. kopf's resource scanning is disabled by the operator, so it needs
-no access to namespaces or CRDs. Keep in step with tests/cluster/test_chart_rbac.py.
+no access to namespaces or CRDs. No Secrets at all: a model's token Secret is resolved by the kubelet
+for the cache Job's pod (a missing one shows as SecretNotFound). Keep in step with
+tests/cluster/test_chart_rbac.py.
 */}}
 {{- define "kubediffusion.operator.rules" -}}
 # The ImageModels it reconciles: kopf lists and watches them and patches its progress annotations;
@@ -60,11 +62,6 @@ no access to namespaces or CRDs. Keep in step with tests/cluster/test_chart_rbac
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch]
-# Only whether spec.source.huggingface.tokenSecretRef names an existing Secret key (values are not
-# kept). `get` by name only: no list, no watch.
-- apiGroups: [""]
-  resources: [secrets]
-  verbs: [get]
 # Events on each phase change (kopf.event posts core/v1 Events).
 - apiGroups: [""]
   resources: [events]

@@ -3,12 +3,15 @@ rendered YAML is parsed and checked against what the operator and router code ac
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from typing import Any
 
 import pytest
 
+from kubediffusion.fetch import policy as fetch_policy
 from kubediffusion.imagemodel import names as operator_names
+from kubediffusion.operator.policy import DownloadPolicy
 from kubediffusion.operator.settings import OperatorSettings
 from kubediffusion.router.settings import RouterSettings
 from tests.unit.chart.helm_cli import (
@@ -111,9 +114,16 @@ def test_operator_env_is_exactly_what_its_settings_read(
     if values:
         assert settings.namespace == "" and settings.resync_seconds == 30
         assert settings.inference_image == "registry.example.org/kd-inference:0.1.0-cu124"
+        assert settings.allowed_images == ["registry.example.org/", "ghcr.io/acme/inference"]
+        assert settings.download == DownloadPolicy(
+            allow_http=True,
+            allowed_networks=("10.20.0.0/16", "fd00:10::/64"),
+            allowed_hosts=("models.example.org", "*.cdn.example.org"),
+        )
     else:
         assert settings.namespace == "kd-system" and settings.resync_seconds == 60
         assert settings.inference_image == "ghcr.io/kubediffusion/kubediffusion-inference:0.1.0"
+        assert settings.allowed_images == [] and settings.download == DownloadPolicy(), "https only, any image"
 
 
 @pytest.mark.parametrize("values", [{}, NON_DEFAULT], ids=["default", "custom"])
@@ -230,7 +240,42 @@ def test_network_policies_let_only_the_router_reach_model_pods(default_docs: lis
     cache = one(default_docs, "NetworkPolicy", "-cache-job-egress")
     assert selects(cache, cache_pod) and not selects(cache, inference_pod)
     ports = sorted(p["port"] for rule in cache["spec"]["egress"] for p in rule["ports"])
-    assert ports == [53, 53, 80, 443]
+    assert ports == [53, 53, 443], "https only by default"
+
+
+def _download_egress(docs: list[Manifest]) -> tuple[list[dict[str, Any]], list[int]]:
+    """(peers, TCP ports) of the cache Jobs' download rule (the one that is not DNS)."""
+    policies = [p for p in by_kind(docs, "NetworkPolicy") if p["metadata"]["name"].endswith("-cache-job-egress")]
+    assert policies and all(p["spec"] == policies[0]["spec"] for p in policies), "the same in every model namespace"
+    dns, download = policies[0]["spec"]["egress"]
+    assert "to" not in dns and sorted((p["protocol"], p["port"]) for p in dns["ports"]) == [("TCP", 53), ("UDP", 53)]
+    assert {p["protocol"] for p in download["ports"]} == {"TCP"}
+    return download["to"], sorted(p["port"] for p in download["ports"])
+
+
+def test_cache_job_egress_follows_the_download_policy_of_fetch_model(
+    default_docs: list[Manifest], custom_docs: list[Manifest]
+) -> None:
+    # The network refuses what fetch-model refuses: every internal range of its download policy is an
+    # `except` of "everywhere" (and nothing else is), so neither can drift from the other.
+    peers, ports = _download_egress(default_docs)
+    assert ports == [443]
+    assert [p["ipBlock"]["cidr"] for p in peers] == ["0.0.0.0/0", "::/0"]
+    excepted = {ipaddress.ip_network(c) for p in peers for c in p["ipBlock"]["except"]}
+    assert excepted == {network for _, networks in fetch_policy.BLOCKED for network in networks}
+    for address in ("169.254.169.254", "10.0.0.1", "127.0.0.1", "100.64.0.1", "fd00::1", "fe80::1"):
+        ip = ipaddress.ip_address(address)
+        assert any(ip in network for network in excepted), address
+    # downloads.allowHttp opens 80 as well; downloads.allowedNetworks are reachable through the except.
+    peers, ports = _download_egress(custom_docs)
+    assert ports == [80, 443]
+    assert [p["ipBlock"] for p in peers[2:]] == [{"cidr": "10.20.0.0/16"}, {"cidr": "fd00:10::/64"}]
+
+
+def test_cache_job_egress_can_be_replaced(helm: Helm) -> None:
+    mirror = [{"ipBlock": {"cidr": "10.30.0.0/16"}}]
+    docs = helm.template({"networkPolicy": {"cacheJob": {"egressTo": mirror, "egressPorts": [8080]}}})
+    assert _download_egress(docs) == (mirror, [8080])
 
 
 def test_network_policies_follow_extra_namespaces_and_can_be_disabled(helm: Helm, custom_docs: list[Manifest]) -> None:

@@ -38,7 +38,15 @@ VALUES_TEXT = (CHART_DIR / "values.yaml").read_text()
         ({"router": {"cors": {"origins": ["app.example.org"]}}}, "origins"),  # scheme required
         ({"router": {"storage": {"persistence": {"size": "ten gigs"}}}}, "size"),
         ({"watch": {"namespace": "Not_A_Namespace"}}, "namespace"),
-        ({"networkPolicy": {"cacheJob": {"egressPorts": []}}}, "egressPorts"),
+        ({"networkPolicy": {"cacheJob": {"egressPorts": [0]}}}, "egressPorts"),  # ([] follows `downloads`)
+        ({"networkPolicy": {"cacheJob": {"egressTo": [{}]}}}, "egressTo"),  # an empty peer is every address
+        ({"downloads": {"allowHttp": "yes"}}, "allowHttp"),
+        ({"downloads": {"allowedNetworks": ["10.20.0.1"]}}, "allowedNetworks"),  # a NetworkPolicy needs the prefix
+        ({"downloads": {"allowedNetworks": ["internal"]}}, "allowedNetworks"),
+        ({"downloads": {"allowedHosts": ["https://models.example"]}}, "allowedHosts"),  # a host, not a URL
+        ({"downloads": {"allowedHost": ["models.example"]}}, "allowedHost"),
+        ({"inference": {"allowedImages": ["https://ghcr.io/acme"]}}, "allowedImages"),
+        ({"inference": {"allowedImages": ["ghcr.io/a,ghcr.io/b"]}}, "allowedImages"),  # one prefix per item
     ],
     ids=lambda v: json.dumps(v) if isinstance(v, dict) else str(v),
 )

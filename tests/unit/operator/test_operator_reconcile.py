@@ -54,10 +54,6 @@ class FakeKube:
     def delete(self, kind: str, namespace: str, name: str, *, propagation: str = "Background") -> None:
         self.objects.pop((kind, name), None)
 
-    def secret_key_exists(self, namespace: str, name: str, key: str) -> bool | None:
-        secret = self.objects.get(("Secret", name))
-        return None if secret is None else key in secret.get("data", {})
-
     def apply_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self.status_writes.append(copy.deepcopy(status))
         self.objects[("ImageModel", name)]["status"] = copy.deepcopy(status)
@@ -77,14 +73,16 @@ def model(spec: dict[str, Any], status: dict[str, Any] | None = None) -> dict[st
 TINY = {"source": {"tiny": {}}, "resources": {"gpus": 0}}
 
 
-def run(kube: FakeKube, events: list[st.Event], at: str = "2026-01-01T00:00:00Z") -> Outcome | None:
+SETTINGS = OperatorSettings()
+
+
+def run(
+    kube: FakeKube, events: list[st.Event], at: str = "2026-01-01T00:00:00Z", settings: OperatorSettings = SETTINGS
+) -> Outcome | None:
     def post(body: Any, event: st.Event) -> None:
         events.append(event)
 
-    return reconcile(kube, SETTINGS, namespace="ns", name="m", post_event=post, now=lambda: at)  # type: ignore[arg-type]
-
-
-SETTINGS = OperatorSettings()
+    return reconcile(kube, settings, namespace="ns", name="m", post_event=post, now=lambda: at)  # type: ignore[arg-type]
 
 
 def test_the_whole_status_is_applied_once_and_not_again_while_nothing_changes() -> None:
@@ -143,15 +141,75 @@ def test_a_server_error_while_applying_is_raised_for_kopf_to_retry() -> None:
     assert kube.status_writes == []
 
 
-def test_a_refused_spec_writes_its_status_then_raises() -> None:
-    gated = {"source": {"huggingface": {"repo": "a/b", "tokenSecretRef": {"name": "hf"}}}, "resources": {"gpus": 0}}
-    kube, events = FakeKube(model(gated)), []
-    with pytest.raises(Refused, match="SecretNotFound"):
-        run(kube, events)
+@pytest.mark.parametrize(
+    ("spec", "settings", "reason", "words"),
+    [
+        (
+            {"source": {"url": "http://models.example/m.tar.gz?sig=secret"}},
+            SETTINGS,
+            st_reasons.DOWNLOAD_REFUSED,
+            ["http://models.example/m.tar.gz", "plain http is not allowed"],
+        ),
+        (
+            {"source": {"url": "https://elsewhere.example/m.tar.gz"}},
+            OperatorSettings(download_allowed_hosts=["models.example"]),
+            st_reasons.DOWNLOAD_REFUSED,
+            ["'elsewhere.example' is not an allowed host"],
+        ),
+        (
+            {"source": {"tiny": {}}, "image": "evil.example/miner:1"},
+            OperatorSettings(allowed_images=["ghcr.io/acme/"]),
+            st_reasons.IMAGE_NOT_ALLOWED,
+            ["evil.example/miner:1", "ghcr.io/acme/"],
+        ),
+    ],
+    ids=["http", "host", "image"],
+)
+def test_a_refused_spec_writes_its_status_then_raises_and_applies_nothing(
+    spec: dict[str, Any], settings: OperatorSettings, reason: str, words: list[str]
+) -> None:
+    kube, events = FakeKube(model({**spec, "resources": {"gpus": 0}})), []
+    with pytest.raises(Refused, match=reason):
+        run(kube, events, settings=settings)
     [written] = kube.status_writes
-    assert written["phase"] == "Failed" and written["lastFailure"]["reason"] == st_reasons.SECRET_NOT_FOUND
-    assert [(e.type, e.reason) for e in events] == [("Warning", "SecretNotFound")]
+    assert written["phase"] == "Failed" and written["lastFailure"]["reason"] == reason
+    message = written["lastFailure"]["message"]
+    assert all(word in message for word in words), message
+    assert "sig=secret" not in message, "a presigned URL's signature stays out of status"
+    assert [(e.type, e.reason) for e in events] == [("Warning", reason)]
     assert [k for k, _ in kube.objects] == ["ImageModel"], "nothing is applied for a refused spec"
+
+
+def test_a_spec_within_the_policy_is_applied_with_the_policy_passed_to_fetch_model() -> None:
+    settings = OperatorSettings(
+        download_allow_http=True, download_allowed_networks=["10.1.0.0/16"], allowed_images=["ghcr.io/acme/"]
+    )
+    spec = {
+        "source": {"url": "http://10.1.2.3/m.tar.gz"},
+        "image": "ghcr.io/acme/inference:2",
+        "resources": {"gpus": 0},
+    }
+    kube = FakeKube(model(spec))
+    run(kube, [], settings=settings)
+    job = kube.objects[("Job", "im-m-cache")]
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "ghcr.io/acme/inference:2"
+    assert container["args"][4:] == [
+        "--url", "http://10.1.2.3/m.tar.gz", "--allow-http", "--allow-network", "10.1.0.0/16", "--max-bytes", "20Gi"
+    ]  # fmt: skip
+
+
+def test_a_model_naming_a_token_secret_is_applied_without_reading_secrets() -> None:
+    # The operator has no access to Secrets (FakeKube has no secret lookup either): the cache Job's pod gets a
+    # secretKeyRef, and the kubelet reports a missing Secret on that pod (SecretNotFound, see the status tests).
+    gated = {"source": {"huggingface": {"repo": "a/b", "tokenSecretRef": {"name": "hf"}}}, "resources": {"gpus": 0}}
+    kube = FakeKube(model(gated))
+    outcome = run(kube, [])
+    assert outcome is not None and outcome.phase == "Pending"
+    job = kube.objects[("Job", "im-m-cache")]
+    env = job["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}} in env
+    assert not [k for k, _ in kube.objects if k == "Secret"]
 
 
 def test_a_model_scaled_to_zero_or_refused_by_the_api_server_is_settled_not_converging() -> None:

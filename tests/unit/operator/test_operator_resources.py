@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -11,8 +12,11 @@ import pytest
 import yaml
 
 from kubediffusion.api.limits import GenerationDefaults, GenerationLimits
+from kubediffusion.fetch import main as fetch_main
+from kubediffusion.fetch import options as fetch_options
 from kubediffusion.imagemodel import names
 from kubediffusion.imagemodel.spec import HardwareProfile, ImageModelSpec, resolve_resources
+from kubediffusion.operator.policy import DownloadPolicy
 from kubediffusion.operator.resources import (
     Context,
     build_cache_job,
@@ -129,7 +133,7 @@ def test_storage_class_and_access_mode_pass_through() -> None:
     ("source", "args_tail"),
     [
         ({"huggingface": {"repo": "a/b", "revision": "v2"}}, ["--huggingface", "a/b", "--revision", "v2"]),
-        ({"url": "https://h/m.tgz"}, ["--url", "https://h/m.tgz"]),
+        ({"url": "https://h/m.tgz"}, ["--url", "https://h/m.tgz", "--max-bytes", "20Gi"]),
         ({"url": "s3://bucket/prefix"}, ["--url", "s3://bucket/prefix"]),
         ({"tiny": {"kind": "sdxl"}}, ["--tiny", "sdxl"]),
     ],
@@ -144,6 +148,55 @@ def test_cache_job_runs_fetch_model_for_the_source(source: dict[str, Any], args_
     assert container["args"][4:] == args_tail
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
     assert job["metadata"]["ownerReferences"] == [OWNER.reference()]
+
+
+@pytest.mark.parametrize(
+    ("raw", "policy", "tail"),
+    [
+        ({"source": {"url": "https://h/m.tgz"}}, DownloadPolicy(), ["--max-bytes", "20Gi"]),
+        (
+            {"source": {"url": "https://h/m.tgz"}, "cache": {"size": "1.5Ti"}},
+            DownloadPolicy(),
+            ["--max-bytes", "1.5Ti"],
+        ),
+        # An existing claim's size is not the operator's to know: fetch-model uses the volume's free space.
+        ({"source": {"url": "https://h/m.tgz"}, "cache": {"existingClaim": "mine"}}, DownloadPolicy(), []),
+        (
+            {"source": {"url": "http://10.0.0.5/m.tgz"}},
+            DownloadPolicy(allow_http=True, allowed_networks=("10.0.0.0/24",), allowed_hosts=("*.internal",)),
+            ["--allow-http", "--allow-network", "10.0.0.0/24", "--allow-host", "*.internal", "--max-bytes", "20Gi"],
+        ),
+        # fetch-model applies neither policy nor archive limits to these: they stay out of the Job.
+        ({"source": {"url": "s3://bucket/prefix"}}, DownloadPolicy(allow_http=True), []),
+        ({"source": {"huggingface": {"repo": "a/b"}}}, DownloadPolicy(allow_http=True), ["--revision", "main"]),
+        ({"source": {"tiny": {}}}, DownloadPolicy(allow_http=True), ["--tiny", "sd"]),
+    ],
+    ids=["https", "size", "existing-claim", "policy", "s3", "huggingface", "tiny"],
+)
+def test_cache_job_passes_the_download_policy_and_the_volume_size_to_url_downloads(
+    raw: dict[str, Any], policy: DownloadPolicy, tail: list[str]
+) -> None:
+    spec = parse(raw)
+    job = build_cache_job(spec, dataclasses.replace(ctx(spec), download=policy))
+    assert job is not None
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[len(args) - len(tail) :] == tail
+    if spec.source.url is not None and not spec.source.url.startswith("s3://"):
+        assert args[4:6] == ["--url", spec.source.url] and len(args) == 6 + len(tail)
+
+
+def test_fetch_model_reads_the_policy_the_operator_passes() -> None:
+    """The contract between the two: fetch-model's own parser turns the Job's args into the same policy."""
+    spec = parse({"source": {"url": "http://mirror.internal/m.tar.gz"}, "cache": {"size": "2Gi"}})
+    policy = DownloadPolicy(allow_http=True, allowed_networks=("10.0.0.0/8", "fd00::/8"), allowed_hosts=("*.internal",))
+    job = build_cache_job(spec, dataclasses.replace(ctx(spec), download=policy))
+    assert job is not None
+    parser = fetch_main._parser()
+    args = parser.parse_args(job["spec"]["template"]["spec"]["containers"][0]["args"])
+    got = fetch_options.policy_from(args, parser)
+    assert got.allow_http and got.allowed_hosts == ("*.internal",)
+    assert [str(n) for n in got.allowed_networks] == ["10.0.0.0/8", "fd00::/8"]
+    assert fetch_options.limits_from(args).max_bytes == 2 << 30
 
 
 def test_token_secret_is_env_from_secret_key_ref() -> None:
@@ -296,7 +349,9 @@ def test_builders_are_pure() -> None:
 GOLDEN_CASES = {
     "huggingface": {**HF, "resources": {"profile": "nvidia-l4"}, "aliases": ["dall-e-2"]},
     "tiny-cpu": {"source": {"tiny": {}}, "resources": {"gpus": 0}, "cache": {"retainOnDelete": False, "size": "1Gi"}},
+    "url": {"source": {"url": "https://models.example/sdxl.tar.gz"}, "cache": {"size": "40Gi"}},
 }
+GOLDEN_POLICY = DownloadPolicy(allowed_networks=("10.20.0.0/16",), allowed_hosts=("models.example",))
 
 
 @pytest.mark.parametrize("case", sorted(GOLDEN_CASES))
@@ -304,7 +359,7 @@ def test_golden_manifests(case: str) -> None:
     spec = parse(GOLDEN_CASES[case])
     objs = [
         build_cache_pvc(spec, OWNER),
-        build_cache_job(spec, ctx(spec)),
+        build_cache_job(spec, dataclasses.replace(ctx(spec), download=GOLDEN_POLICY)),
         build_deployment(spec, ctx(spec), replicas=1),
         build_service(spec, OWNER),
     ]

@@ -8,6 +8,7 @@ import pytest
 from pydantic_settings import CliApp
 
 from kubediffusion.operator.main import main
+from kubediffusion.operator.policy import DownloadPolicy
 from kubediffusion.operator.settings import OperatorSettings
 
 ENV = {
@@ -17,6 +18,10 @@ ENV = {
     "KD_OPERATOR_RESYNC_SECONDS": "30",
     "KD_OPERATOR_POLL_SECONDS": "2",
     "KD_OPERATOR_HEALTH_PORT": "8081",
+    "KD_OPERATOR_DOWNLOAD_ALLOW_HTTP": "true",
+    "KD_OPERATOR_DOWNLOAD_ALLOWED_NETWORKS": "10.20.0.0/16, 127.0.0.1",
+    "KD_OPERATOR_DOWNLOAD_ALLOWED_HOSTS": "Models.example,*.cdn.example",
+    "KD_OPERATOR_ALLOWED_IMAGES": '["ghcr.io/acme/", "registry.example"]',
 }
 
 
@@ -33,6 +38,13 @@ def test_every_environment_variable_is_read(monkeypatch: pytest.MonkeyPatch) -> 
     assert settings.profiles["nvidia-l4"].node_selector == {"gpu": "l4"}
     assert (settings.resync_seconds, settings.poll_seconds, settings.health_port) == (30, 2, 8081)
     assert not settings.verbose
+    # Lists are comma-separated (or JSON); networks are canonical CIDRs, as fetch-model and NetworkPolicies read them.
+    assert settings.download == DownloadPolicy(
+        allow_http=True,
+        allowed_networks=("10.20.0.0/16", "127.0.0.1/32"),
+        allowed_hosts=("models.example", "*.cdn.example"),
+    )
+    assert settings.allowed_images == ["ghcr.io/acme/", "registry.example"]
 
 
 def test_a_flag_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -44,11 +56,34 @@ def test_a_flag_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
     assert parse(["--namespace", ""]).namespaces == [], "empty = every namespace"
 
 
+def test_download_policy_and_allowed_images_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ENV:
+        monkeypatch.delenv(name, raising=False)
+    settings = parse(
+        [
+            "--download-allow-http",
+            "--download-allowed-networks", "192.168.1.7/24",
+            "--download-allowed-networks", "fd00::/8",
+            "--download-allowed-hosts", "a.example,b.example",
+            "--allowed-images", "ghcr.io/acme/",
+        ]
+    )  # fmt: skip
+    assert settings.download.fetch_flags() == [
+        "--allow-http", "--allow-network", "192.168.1.0/24", "--allow-network", "fd00::/8",
+        "--allow-host", "a.example", "--allow-host", "b.example",
+    ]  # fmt: skip
+    assert settings.allowed_images == ["ghcr.io/acme/"]
+    monkeypatch.setenv("KD_OPERATOR_DOWNLOAD_ALLOW_HTTP", "true")
+    assert not parse(["--no-download-allow-http"]).download.allow_http, "a flag wins over the environment"
+
+
 def test_defaults_without_flags_or_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ENV:
         monkeypatch.delenv(name, raising=False)
     settings = parse([])
     assert settings.namespaces == [] and settings.health_port == 8080 and settings.resync_seconds == 60
+    assert settings.download == DownloadPolicy() and settings.download.fetch_flags() == [], "https only, no internals"
+    assert settings.allowed_images == [], "any image unless an allow-list is set"
 
 
 def test_help_lists_the_flags_and_says_where_else_settings_come_from(capsys: pytest.CaptureFixture[str]) -> None:
@@ -57,7 +92,9 @@ def test_help_lists_the_flags_and_says_where_else_settings_come_from(capsys: pyt
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: kubediffusion operator")
-    for flag in ("--namespace", "--health-port", "--verbose", "--inference-image", "--poll-seconds"):
+    for flag in ("--namespace", "--health-port", "--verbose", "--inference-image", "--poll-seconds",
+                 "--download-allow-http", "--download-allowed-networks", "--download-allowed-hosts",
+                 "--allowed-images"):  # fmt: skip
         assert flag in out
     assert "KD_OPERATOR_" in out and "comma-separated namespaces" in out
 
@@ -70,6 +107,11 @@ def test_bad_settings_exit_2_with_the_field_named(
     monkeypatch.setenv("KD_OPERATOR_PROFILES", "{not json")
     assert main([]) == 2
     assert "profiles" in capsys.readouterr().err
+    monkeypatch.delenv("KD_OPERATOR_PROFILES")
+    assert main(["--download-allowed-networks", "10.0.0.0/33"]) == 2
+    assert "download_allowed_networks" in capsys.readouterr().err
+    assert main(["--allowed-images", "https://ghcr.io/acme"]) == 2
+    assert "allowed_images" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
         main(["--no-such-flag"])
     assert exit_.value.code == 2

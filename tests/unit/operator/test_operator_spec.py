@@ -42,6 +42,14 @@ def test_tiny_source_gets_tiny_defaults_and_limits_and_is_a_smoke_test() -> None
     assert "smoke test" in spec.source.describe()
 
 
+def test_a_url_source_is_described_without_credentials_or_query() -> None:
+    # status.source is a printer column anyone who can list ImageModels reads: no presigned signature there.
+    spec = parse({"source": {"url": "https://user:pw@cdn.example/m.tar.gz?X-Amz-Signature=s3cr3t#frag"}})
+    assert spec.source.describe() == "https://cdn.example/m.tar.gz"
+    long = parse({"source": {"url": "https://cdn.example/" + "d/" * 40 + "m.tar.gz?sig=1"}}).source.describe()
+    assert len(long) == 60 and long.endswith("...") and "sig" not in long
+
+
 def test_tiny_source_keeps_explicit_defaults() -> None:
     spec = parse({"source": {"tiny": {}}, "defaults": {"size": "128x128", "steps": 3}})
     assert spec.effective_defaults.size == "128x128"

@@ -109,6 +109,11 @@ def reasons(status: ImageModelStatus) -> dict[str, tuple[str, str]]:
 
 
 DONE = dict(claim=claim(), job=job("Complete"))
+CONFIG = "CreateContainerConfigError"
+# The kubelet's own messages (pkg/kubelet/kubelet_pods.go) for an env secretKeyRef it cannot resolve.
+NO_SECRET = 'secret "hf" not found'
+NO_KEY = "couldn't find key token in Secret ns/hf"
+NO_CONFIG_MAP = 'configmap "settings" not found'
 CASES: list[tuple[str, ImageModelSpec, st.Observed, str, dict[str, tuple[str, str]]]] = [
     ("nothing yet", HF, st.Observed(claim=claim("Pending")), "Pending", {"CacheReady": ("False", "CachePending")}),
     (
@@ -254,6 +259,31 @@ CASES: list[tuple[str, ImageModelSpec, st.Observed, str, dict[str, tuple[str, st
         {"Degraded": ("True", "CreateContainerConfigError")},
     ),
     (
+        "job pod's token Secret does not exist",
+        HF,
+        st.Observed(
+            claim=claim(), job=job(), job_pods=[pod(phase="Pending", waiting=CONFIG, waiting_message=NO_SECRET)]
+        ),
+        "Failed",
+        {"CacheReady": ("False", "SecretNotFound"), "Degraded": ("True", "SecretNotFound")},
+    ),
+    (
+        "job pod's token Secret lacks the key",
+        HF,
+        st.Observed(claim=claim(), job=job(), job_pods=[pod(phase="Pending", waiting=CONFIG, waiting_message=NO_KEY)]),
+        "Failed",
+        {"CacheReady": ("False", "SecretNotFound"), "Ready": ("False", "SecretNotFound")},
+    ),
+    (
+        "job pod's config map does not exist",
+        HF,
+        st.Observed(
+            claim=claim(), job=job(), job_pods=[pod(phase="Pending", waiting=CONFIG, waiting_message=NO_CONFIG_MAP)]
+        ),
+        "Degraded",
+        {"CacheReady": ("False", "CreateContainerConfigError")},
+    ),
+    (
         "scaled to zero",
         parse({"source": {"huggingface": {"repo": "a/b"}}, "replicas": 0}),
         st.Observed(**DONE, deployment=deployment(0, replicas=0)),
@@ -356,13 +386,27 @@ def test_last_transition_time_moves_only_when_the_status_changes() -> None:
 
 
 def test_refused_spec_is_failed_with_the_reason_everywhere() -> None:
-    failure = Failure("SecretNotFound", "Secret hf not found")
+    failure = Failure("ImageNotAllowed", "spec.image 'evil/x' is not allowed")
     status = refuse(failure, st.Observed(), spec=HF)
     assert status.phase == "Failed"
-    assert reasons(status)["CacheReady"] == ("False", "SecretNotFound")
-    assert reasons(status)["Degraded"] == ("True", "SecretNotFound")
-    assert status.last_failure is not None and status.last_failure.message == "Secret hf not found"
-    assert reasons(status)["Available"] == ("False", "SecretNotFound")
+    assert reasons(status)["CacheReady"] == ("False", "ImageNotAllowed")
+    assert reasons(status)["Degraded"] == ("True", "ImageNotAllowed")
+    assert status.last_failure is not None and status.last_failure.message == "spec.image 'evil/x' is not allowed"
+    assert reasons(status)["Available"] == ("False", "ImageNotAllowed")
+
+
+def test_a_token_secret_the_kubelet_cannot_find_is_secret_not_found_until_the_pod_starts() -> None:
+    waiting = st.Observed(
+        claim=claim(), job=job(), job_pods=[pod(phase="Pending", waiting=CONFIG, waiting_message=NO_KEY)]
+    )
+    status = derive(HF, waiting)
+    assert status.phase == "Failed" and status.last_failure is not None
+    assert status.last_failure.reason == "SecretNotFound" and NO_KEY in status.last_failure.message
+    assert [e.reason for e in st.transitions(ImageModelStatus(), status)] == ["SecretNotFound"]
+    # Once the Secret exists the kubelet starts the container by itself: no edit of the model needed.
+    started = derive(HF, st.Observed(claim=claim(), job=job(), job_pods=[pod()]), previous=status, now=LATER)
+    assert started.phase == "Caching" and reasons(started)["Degraded"] == ("False", "AsExpected")
+    assert reasons(started)["CacheReady"] == ("False", "Downloading")
 
 
 def test_an_unparsable_spec_is_failed_without_source_or_cache() -> None:
@@ -375,11 +419,14 @@ def test_an_unparsable_spec_is_failed_without_source_or_cache() -> None:
 def test_refused_spec_still_reports_the_pods_an_earlier_spec_left_serving() -> None:
     # Nothing new is applied for a refused spec, but the Deployment of the last good one keeps serving.
     status = refuse(
-        Failure("SecretNotFound", "Secret hf not found"), st.Observed(deployment=deployment(2)), generation=2, spec=HF
+        Failure("DownloadRefused", "plain http is not allowed"),
+        st.Observed(deployment=deployment(2)),
+        generation=2,
+        spec=HF,
     )
     assert status.phase == "Failed" and status.ready == "2/2" and status.ready_replicas == 2
     assert reasons(status)["Available"] == ("True", "MinimumReplicasAvailable")
-    assert reasons(status)["Ready"] == ("False", "SecretNotFound")
+    assert reasons(status)["Ready"] == ("False", "DownloadRefused")
 
 
 @pytest.mark.parametrize("job_now", [None, job()], ids=["job deleted", "job re-created"])
