@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import shutil
@@ -31,6 +32,7 @@ import httpx
 import uvicorn
 import yaml
 
+from kubediffusion.api.headertimeout import http_protocol
 from kubediffusion.api.limits import GenerationDefaults, GenerationLimits
 from kubediffusion.imagemodel.tiny import TINY_DEFAULTS, TINY_LIMITS, TINY_NAME
 
@@ -212,6 +214,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--api-keys-file", type=Path, help="require these API keys (one per line)")
     parser.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for the model")
     parser.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        type=ipaddress.ip_network,
+        metavar="CIDR",
+        help="a reverse proxy whose X-Forwarded-For names the client (repeatable); default: none, the "
+        "connecting address is the client",
+    )
+    parser.add_argument(
         "--inference-arg",
         action="append",
         default=[],
@@ -266,15 +277,15 @@ def main(argv: list[str]) -> int:
                 static_config(name, [f"http://{LOOPBACK}:{inference_port}"], defaults=defaults, limits=limits)
             )
             base_url = f"http://{LOOPBACK}:{port}"
-            return asyncio.run(
-                _serve_router(
-                    config,
-                    Path(work) / "images",
-                    port,
-                    args.api_keys_file,
-                    banner(base_url, name, tiny=tiny, size=(defaults or GenerationDefaults()).size),
-                )
+            server = router_server(
+                config,
+                Path(work) / "images",
+                port,
+                api_keys_file=args.api_keys_file,
+                trusted_proxies=args.trusted_proxy,
             )
+            text = banner(base_url, name, tiny=tiny, size=(defaults or GenerationDefaults()).size)
+            return asyncio.run(_serve_router(server, port, text))
     except KeyboardInterrupt:
         return 0
     except RuntimeError as exc:
@@ -284,7 +295,19 @@ def main(argv: list[str]) -> int:
         stop_process(process)
 
 
-async def _serve_router(config: Path, storage: Path, port: int, api_keys_file: Path | None, text: str) -> int:
+def router_server(
+    config: Path,
+    storage: Path,
+    port: int,
+    *,
+    api_keys_file: Path | None = None,
+    trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None = None,
+) -> uvicorn.Server:
+    """The router of ``local`` on 127.0.0.1:``port``, static discovery from ``config``, not yet serving.
+
+    It trusts no proxy unless told (``--trusted-proxy``): uvicorn's own proxy headers are off (they would
+    believe X-Forwarded-For from 127.0.0.1, that is from every local client), and an explicit empty list
+    overrides any KD_ROUTER_TRUSTED_PROXIES in the environment."""
     from kubediffusion.router.app import create_app
     from kubediffusion.router.settings import RouterSettings
 
@@ -297,12 +320,23 @@ async def _serve_router(config: Path, storage: Path, port: int, api_keys_file: P
         public_base_url=f"http://{LOOPBACK}:{port}",
         api_keys_file=api_keys_file,
         log_level="warning",
+        trusted_proxies=trusted_proxies or [],
     )
-    server = uvicorn.Server(
+    return uvicorn.Server(
         uvicorn.Config(
-            create_app(settings), host=LOOPBACK, port=port, log_level="warning", access_log=False, lifespan="on"
+            create_app(settings),
+            host=LOOPBACK,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            proxy_headers=False,
+            http=http_protocol(settings.header_read_timeout),
         )
     )
+
+
+async def _serve_router(server: uvicorn.Server, port: int, text: str) -> int:
     serving = asyncio.create_task(server.serve())
     deadline = time.monotonic() + 30
     async with httpx.AsyncClient(timeout=2.0) as client:

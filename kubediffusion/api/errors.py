@@ -8,17 +8,20 @@ renders it):
 
     APIError                      base; status 500, type "server_error"
     ├── InvalidRequestError       400 invalid_request_error (param names the field)
-    │   └── UnsupportedMediaTypeError  400, wrong Content-Type (OpenAI answers 400, not 415)
+    │   ├── UnsupportedMediaTypeError  400, wrong Content-Type (OpenAI answers 400, not 415)
+    │   └── BadFramingError       400, a Content-Length the body cannot be framed by (connection closed)
     ├── AuthenticationError       401 invalid_request_error, code "invalid_api_key"
     ├── NotFoundError             404 invalid_request_error
     │   └── ModelNotFoundError    404, code "model_not_found", param "model"
+    ├── RequestTimeoutError       408 invalid_request_error, the body stalled (connection closed)
     ├── RequestTooLargeError      413 invalid_request_error
     ├── RateLimitError            429 rate_limit_error (Retry-After)
     ├── QueueFullError            429 rate_limit_error, code "queue_full" (Retry-After)
     ├── ServiceUnavailableError   503 server_error (Retry-After)
     └── UpstreamTimeoutError      504 server_error
 
-A client mistake is always a 4xx: the official client retries 5xx, which multiplies GPU work.
+A client mistake is always a 4xx: the official client retries 5xx, which multiplies GPU work. A client
+that hangs up while sending its body (starlette's ``ClientDisconnect``) is no error at all: one info line.
 """
 
 from __future__ import annotations
@@ -28,16 +31,21 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 log = logging.getLogger(__name__)
+
+
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request whose client left before the answer
 
 
 class APIError(Exception):
     status_code = 500
     error_type = "server_error"
     default_code: str | None = None
+    close_connection = False  # answer with "Connection: close": what is left of the request cannot be trusted
 
     def __init__(
         self,
@@ -57,9 +65,10 @@ class APIError(Exception):
         return error_envelope(self.message, self.error_type, param=self.param, code=self.code)
 
     def headers(self) -> dict[str, str]:
-        if self.retry_after is None:
-            return {}
-        return {"Retry-After": str(max(1, round(self.retry_after)))}
+        headers = {"Connection": "close"} if self.close_connection else {}
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(max(1, round(self.retry_after)))
+        return headers
 
 
 class InvalidRequestError(APIError):
@@ -69,6 +78,11 @@ class InvalidRequestError(APIError):
 
 class UnsupportedMediaTypeError(InvalidRequestError):
     default_code = "unsupported_media_type"
+
+
+class BadFramingError(InvalidRequestError):
+    default_code = "invalid_content_length"
+    close_connection = True
 
 
 class AuthenticationError(APIError):
@@ -88,6 +102,13 @@ class ModelNotFoundError(NotFoundError):
 
     def __init__(self, model: str) -> None:
         super().__init__(f"The model '{model}' does not exist or you do not have access to it.", param="model")
+
+
+class RequestTimeoutError(APIError):
+    status_code = 408
+    error_type = "invalid_request_error"
+    default_code = "request_timeout"
+    close_connection = True
 
 
 class RequestTooLargeError(APIError):
@@ -121,7 +142,15 @@ class UpstreamTimeoutError(APIError):
 def error_envelope(
     message: str, error_type: str, *, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
-    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+    return {"error": {"message": _printable(message), "type": error_type, "param": _printable(param), "code": code}}
+
+
+def _printable(text: str | None) -> str | None:
+    """Client text echoed in an error (a model name, a parameter) may hold an unpaired surrogate, which no
+    UTF-8 body can carry: it is written as its escape (``\\ud800``) instead of failing the answer with a 500."""
+    if text is None:
+        return None
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def error_response(error: APIError) -> JSONResponse:
@@ -136,6 +165,7 @@ def validation_error_from_pydantic(errors: list[Any]) -> InvalidRequestError:
     loc = [str(part) for part in first.get("loc", ()) if part != "body"]
     param = ".".join(loc) or None
     kind = first.get("type", "")
+    message = str(first.get("msg", "Invalid value")).removeprefix("Value error, ")
     if kind == "json_invalid":
         return InvalidRequestError(
             "We could not parse the JSON body of your request. The body must be valid JSON.", code="invalid_json"
@@ -148,7 +178,8 @@ def validation_error_from_pydantic(errors: list[Any]) -> InvalidRequestError:
         return InvalidRequestError(
             f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
         )
-    message = str(first.get("msg", "Invalid value")).removeprefix("Value error, ")
+    if param is None:  # about the body as a whole, e.g. a key that is not text
+        return InvalidRequestError(f"Invalid request body: {message}.", code="invalid_value")
     return InvalidRequestError(f"Invalid value for '{param}': {message}.", param=param, code="invalid_value")
 
 
@@ -177,6 +208,14 @@ def install_error_handlers(app: FastAPI) -> None:
         else:
             error = APIError(str(exc.detail))
         return error_response(error)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_left(request: Request, _: ClientDisconnect) -> Response:
+        # Not an error: the client hung up while sending its body. One line, no traceback; the answer
+        # below goes nowhere (the server drops what is sent on a closed connection).
+        client = request.client.host if request.client else "unknown"
+        log.info("client %s disconnected while sending %s %s", client, request.method, request.url.path)
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

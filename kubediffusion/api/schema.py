@@ -108,10 +108,37 @@ def parse_generation_request(body: bytes, content_type: str | None) -> ImageGene
         ) from None
     if not isinstance(payload, dict):
         raise InvalidRequestError("The request body must be a JSON object.", code="invalid_json")
+    _reject_unpaired_surrogates(payload)
     try:
         return ImageGenerationRequest.model_validate(payload)
     except ValidationError as exc:
         raise validation_error_from_pydantic(list(exc.errors())) from None
+
+
+def _reject_unpaired_surrogates(payload: dict[str, Any]) -> None:
+    """JSON can escape half a UTF-16 surrogate pair (``"\\ud800"``); Python then holds a string no UTF-8
+    encoder, tokenizer or response body accepts. pydantic refuses it in some fields and not in others, so
+    the keys and the text values of the known fields are checked here, once (unknown keys are refused
+    by the schema anyway)."""
+    for key, value in payload.items():
+        if not _is_text(key):
+            raise InvalidRequestError(
+                "Unrecognized request argument supplied (it is not valid Unicode text).", code="unknown_parameter"
+            )
+        if key in ImageGenerationRequest.model_fields and isinstance(value, str) and not _is_text(value):
+            raise InvalidRequestError(
+                f"Invalid value for '{key}': it is not valid Unicode text (an unpaired surrogate).",
+                param=key,
+                code="invalid_value",
+            )
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _not_json(constant: str) -> Any:

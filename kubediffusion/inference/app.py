@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 
+from kubediffusion.api.bodylimit import BodyLimitMiddleware
 from kubediffusion.api.errors import install_error_handlers
 from kubediffusion.inference.backend import BackendLoader
 from kubediffusion.inference.routes import health, images, models
@@ -40,4 +41,6 @@ def create_app(
     app.state.server = server
     for group in (images, health, models):
         app.include_router(group.router)
+    # Its own guard, not only the router's: a pod is reachable by anything in the cluster network.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, read_timeout=settings.body_read_timeout)
     return app

@@ -14,6 +14,7 @@ from pathlib import Path
 import uvicorn
 from pydantic import ValidationError
 
+from kubediffusion.api.headertimeout import http_protocol
 from kubediffusion.inference.app import create_app
 from kubediffusion.inference.backend import ModelLoadError
 from kubediffusion.inference.pipeline import check_model_dir
@@ -64,7 +65,9 @@ def main(argv: list[str]) -> int:
         log_level=settings.log_level.lower(),
         lifespan="on",
         access_log=False,
+        proxy_headers=False,  # uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1
         timeout_graceful_shutdown=30,
+        http=http_protocol(settings.header_read_timeout),
     )
     server = uvicorn.Server(config)
     server.run()

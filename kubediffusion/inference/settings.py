@@ -56,6 +56,13 @@ class InferenceSettings(BaseSettings):
     limits: GenerationLimits = Field(default_factory=GenerationLimits, description="JSON GenerationLimits")
     presets: dict[str, StylePreset] = Field(default_factory=dict, description="JSON map name -> StylePreset")
     log_level: str = Field(default="info", description="python logging level")
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="largest request body; beyond it 413")
+    body_read_timeout: float = Field(
+        default=30.0, gt=0, description="seconds a request body may stall between reads; then 408"
+    )
+    header_read_timeout: float = Field(
+        default=10.0, gt=0, description="seconds for a request's headers to arrive; then the connection is closed"
+    )
 
     @field_validator("aliases")
     @classmethod

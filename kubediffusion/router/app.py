@@ -14,9 +14,10 @@ import httpx
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from kubediffusion.api.bodylimit import BodyLimitMiddleware
 from kubediffusion.api.errors import install_error_handlers
+from kubediffusion.router.client_address import ClientAddressMiddleware, TrustedProxies
 from kubediffusion.router.discovery import Discovery
-from kubediffusion.router.middleware import BodyLimitMiddleware
 from kubediffusion.router.routes import health, images, models
 from kubediffusion.router.settings import RouterSettings
 from kubediffusion.router.state import RouterState, default_discovery
@@ -48,8 +49,13 @@ def create_app(
     install_error_handlers(app)
     for module in (health, models, images):
         app.include_router(module.router)
-    # CORS is added last, so it is outermost: its headers go on every answer, the body limit's 413 included.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # Outermost last: CORS (its headers go on every answer, the body guard's 413 included), then the
+    # client address (so that everything inside it, routes and error handlers' log lines, sees the real
+    # client), then the body guard.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, read_timeout=settings.body_read_timeout)
+    app.add_middleware(
+        ClientAddressMiddleware, proxies=TrustedProxies(settings.trusted_proxies, settings.forwarded_header)
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -15,6 +15,7 @@ from lightkube import ConfigError
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
+from kubediffusion.api.headertimeout import http_protocol
 from kubediffusion.router.app import create_app
 from kubediffusion.router.discovery import parse_static_config
 from kubediffusion.router.settings import PROG, RouterFlags, RouterSettings, settings_from_cli
@@ -57,8 +58,9 @@ def main(argv: list[str]) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
-        proxy_headers=False,
+        proxy_headers=False,  # forwarded headers are read only from trusted proxies (client_address.py)
         access_log=False,
+        http=http_protocol(settings.header_read_timeout),
     )
     return 0
 

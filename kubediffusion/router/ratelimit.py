@@ -2,6 +2,10 @@
 the whole router. A request takes one token from both, or from neither; when either is empty the
 answer is 429 with a Retry-After of the time until a token is back. The clock is injectable so
 tests never sleep.
+
+:class:`FailureThrottle` keeps a second kind of bucket per client address, spent only by failed
+authentications (brute force): once an address has spent its burst, its requests are refused with a
+429 before any key is compared, until a token is back. A request with a right key spends nothing.
 """
 
 from __future__ import annotations
@@ -35,6 +39,24 @@ class TokenBucket:
         self.tokens -= 1
 
 
+class BucketTable:
+    """Buckets by caller, at most ``max_callers`` of them: the least recently seen is forgotten first."""
+
+    def __init__(self, rate: float, burst: int, max_callers: int) -> None:
+        self.rate, self.burst, self.max_callers = rate, burst, max_callers
+        self.buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def get(self, caller: str, now: float) -> TokenBucket:
+        bucket = self.buckets.get(caller)
+        if bucket is None:
+            bucket = self.buckets[caller] = TokenBucket(self.rate, self.burst, now=now)
+            if len(self.buckets) > self.max_callers:
+                self.buckets.popitem(last=False)  # bounded memory
+        else:
+            self.buckets.move_to_end(caller)
+        return bucket
+
+
 class RateLimiter:
     def __init__(
         self,
@@ -46,10 +68,10 @@ class RateLimiter:
         max_callers: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._rate, self._burst = rate, burst
+        self._rate = rate
         self._clock = clock
-        self._max_callers = max_callers
-        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._table = BucketTable(rate, burst, max_callers)
+        self._buckets = self._table.buckets
         self._global = TokenBucket(global_rate, global_burst, now=clock()) if global_rate > 0 else None
 
     def check(self, caller: str) -> None:
@@ -57,7 +79,7 @@ class RateLimiter:
         now = self._clock()
         buckets: list[TokenBucket] = []
         if self._rate > 0:
-            buckets.append(self._bucket(caller, now))
+            buckets.append(self._table.get(caller, now))
         if self._global is not None:
             buckets.append(self._global)
         wait = max((b.wait_time(now) for b in buckets), default=0.0)
@@ -70,12 +92,44 @@ class RateLimiter:
         for bucket in buckets:
             bucket.take()
 
-    def _bucket(self, caller: str, now: float) -> TokenBucket:
-        bucket = self._buckets.get(caller)
-        if bucket is None:
-            bucket = self._buckets[caller] = TokenBucket(self._rate, self._burst, now=now)
-            if len(self._buckets) > self._max_callers:
-                self._buckets.popitem(last=False)  # bounded memory: forget the least recently seen caller
-        else:
-            self._buckets.move_to_end(caller)
-        return bucket
+
+class FailureThrottle:
+    """Failed authentications per client address: ``burst`` of them, then one more per ``1 / rate`` s.
+
+    :meth:`check` comes before the key is looked at, :meth:`failed` after a wrong one. ``rate`` 0 = off.
+    Authentication is synchronous between the two calls, so concurrent requests cannot both pass
+    :meth:`check` on the last token.
+    """
+
+    def __init__(
+        self, *, rate: float, burst: int, max_addresses: int = 10_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._clock = clock
+        self._table = BucketTable(rate, burst, max_addresses)
+
+    @property
+    def enabled(self) -> bool:
+        return self._table.rate > 0
+
+    def check(self, address: str) -> None:
+        """RateLimitError when ``address`` has no failed attempt left; its key is then never compared."""
+        bucket = self._table.buckets.get(address)
+        if not self.enabled or bucket is None:
+            return
+        wait = bucket.wait_time(self._clock())
+        if wait > 0:
+            raise RateLimitError(
+                f"Too many failed authentication attempts from your address. Please try again in {math.ceil(wait)}s.",
+                code="too_many_failed_authentications",
+                retry_after=max(1.0, math.ceil(wait)),
+            )
+
+    def failed(self, address: str) -> bool:
+        """Count a failed attempt; True when it was the last one ``address`` had."""
+        if not self.enabled:
+            return False
+        now = self._clock()
+        bucket = self._table.get(address, now)
+        bucket.refill(now)
+        bucket.take()
+        return bucket.tokens < 1

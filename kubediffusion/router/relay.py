@@ -39,7 +39,9 @@ def upstream_body(body: bytes, parsed: ImageGenerationRequest, entry: ModelEntry
     if rename:
         payload["model"] = entry.name
     payload["response_format"] = "b64_json"
-    return json.dumps(payload, separators=(",", ":")).encode()
+    # Non-ASCII text stays UTF-8 rather than becoming \u escapes (up to three times its size), so the body
+    # a pod gets is hardly bigger than the one the router accepted, and fits under the pod's own limit.
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def upstream_headers(request: Request) -> dict[str, str]:

@@ -10,12 +10,13 @@ key, from the environment), and stay out of ``ps`` and shell history.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, CliSettingsSource, SettingsConfigDict
+from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator
+from pydantic_settings import BaseSettings, CliSettingsSource, NoDecode, SettingsConfigDict
 
 PROG = "kubediffusion router"
 
@@ -59,6 +60,19 @@ class RouterSettings(RouterFlags):
     cors_origins: list[str] = Field(default_factory=list)  # empty = no CORS headers
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
 
+    # Brute force: wrong API keys per client address (see ratelimit.FailureThrottle)
+    auth_failure_burst: int = Field(default=10, ge=1)  # wrong keys an address may try before it gets 429s
+    auth_failure_rps: float = Field(default=0.1, ge=0)  # then one more try per 1/rps s (0.1: every 10 s); 0 = off
+
+    # Client addresses behind proxies (see client_address.py). Proxies' CIDRs as a JSON list or
+    # comma-separated ("10.0.0.0/8,fd00::/8"); empty = the socket peer is the client, headers are ignored.
+    trusted_proxies: Annotated[list[IPvAnyNetwork], NoDecode] = Field(default_factory=list)
+    forwarded_header: Literal["x-forwarded-for", "forwarded"] = "x-forwarded-for"  # the one the proxies write
+
+    # Slow clients
+    body_read_timeout: float = Field(default=30.0, gt=0)  # a request body may stall this long per read; then 408
+    header_read_timeout: float = Field(default=10.0, gt=0)  # a request's headers must arrive within this; then closed
+
     # url responses
     public_base_url: str = ""  # empty = derived from each request's Host
     signing_key: SecretStr | None = None  # prefer signing_key_file
@@ -76,6 +90,14 @@ class RouterSettings(RouterFlags):
     retry_read_timeouts: bool = False  # a read timeout means a pod may still be generating
     eject_seconds: float = Field(default=5.0, ge=0)  # skip a pod this long after a connection failure
     no_endpoint_retry_after: int = Field(default=5, ge=1)  # Retry-After on 503 when no pod is ready
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _list_or_commas(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        return json.loads(text) if text.startswith("[") else [part.strip() for part in text.split(",") if part.strip()]
 
 
 def flag_parser() -> CliSettingsSource[RouterFlags]:

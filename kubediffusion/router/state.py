@@ -25,7 +25,7 @@ from kubediffusion.router.discovery import Discovery, StaticDiscovery
 from kubediffusion.router.forwarding import Forwarder
 from kubediffusion.router.kube_discovery import KubernetesDiscovery
 from kubediffusion.router.metrics import RouterMetrics
-from kubediffusion.router.ratelimit import RateLimiter
+from kubediffusion.router.ratelimit import FailureThrottle, RateLimiter
 from kubediffusion.router.settings import RouterSettings
 from kubediffusion.router.signing import URLSigner
 from kubediffusion.router.storage import ImageStore
@@ -36,7 +36,7 @@ SWEEP_INTERVAL_SECONDS = 300.0
 
 
 class RouterState:
-    """Discovery, balancer, keys, limiter, signer, store and metrics; the forwarder while the app runs.
+    """Discovery, balancer, keys, limiters, signer, store and metrics; the forwarder while the app runs.
 
     ``transport`` replaces the network for the upstream client (tests); ``clock`` drives rate limits
     and pod ejection (tests)."""
@@ -61,6 +61,9 @@ class RouterState:
             global_rate=settings.global_rate_limit_rps,
             global_burst=settings.global_rate_limit_burst,
             clock=clock,
+        )
+        self.auth_failures = FailureThrottle(
+            rate=settings.auth_failure_rps, burst=settings.auth_failure_burst, clock=clock
         )
         self.signer = URLSigner(signing_key(settings), ttl_seconds=settings.url_ttl_seconds)
         self.metrics = RouterMetrics()

@@ -164,3 +164,42 @@ def test_serves_the_tiny_model_until_sigterm(tiny_models: dict[str, Path]) -> No
     assert process.returncode in (0, -signal.SIGTERM), output
     assert "Application shutdown complete" in output
     assert "smoke-test model" in output
+
+
+def test_the_real_server_guards_its_own_edge(tiny_models: dict[str, Path]) -> None:
+    """Body limit, header deadline and a client gone mid-upload, through `main` and uvicorn as deployed."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    flags = ["--max-body-bytes", "2048", "--header-read-timeout", "1", "--no-warmup"]
+    process = subprocess.Popen(
+        inference("--model-dir", str(tiny_models["sd"]), "--port", str(port), *flags),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env(),
+    )
+    try:
+        wait_ready(base, process)
+        too_large = httpx.post(f"{base}/v1/images/generations", json={"prompt": "a", "user": "u" * 4000}, timeout=10)
+        assert too_large.status_code == 413 and too_large.json()["error"]["code"] == "request_too_large"
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as slow:
+            slow.sendall(b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\n")  # and no more
+            started = time.monotonic()
+            answer = slow.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 408 ") and b'"request_timeout"' in answer
+            assert slow.recv(65536) == b"" and time.monotonic() - started < 5
+        with socket.create_connection(("127.0.0.1", port)) as gone:
+            gone.sendall(
+                b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 100\r\n\r\n{"prompt": '
+            )
+            time.sleep(0.2)
+        deadline = time.monotonic() + 10
+        while metric(base, 'kubediffusion_inference_requests_total{outcome="disconnected"}') != 1.0:
+            assert time.monotonic() < deadline, "the aborted upload was not counted"
+            time.sleep(0.05)
+        assert metric(base, 'kubediffusion_inference_requests_total{outcome="error"}') == 0.0
+    finally:
+        output = stop(process)
+    assert output.count("disconnected while sending POST /v1/images/generations") == 1, output
+    assert "Traceback" not in output and "unhandled error" not in output and "Exception in ASGI" not in output

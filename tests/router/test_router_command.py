@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -59,3 +61,44 @@ def test_help_names_every_flag(tmp_path: Path) -> None:
     assert result.returncode == 0
     for flag in ("--host", "--port", "--discovery", "--static-config", "--namespace", "--storage-dir", "--log-level"):
         assert flag in result.stdout
+
+
+def test_a_running_router_cuts_slow_headers_and_logs_an_aborted_upload_once(tmp_path: Path) -> None:
+    config = tmp_path / "models.yaml"
+    config.write_text(static_config("tiny-sd", ["http://127.0.0.1:9"]))
+    port = free_port()
+    env = clean_env(
+        KD_ROUTER_STORAGE_DIR=str(tmp_path / "images"),
+        KD_ROUTER_SIGNING_KEY="k" * 32,
+        KD_ROUTER_HEADER_READ_TIMEOUT="1",
+    )
+    process = subprocess.Popen(
+        [*COMMAND, "--static-config", str(config), "--host", LOOPBACK, "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_ready(f"http://{LOOPBACK}:{port}/readyz", timeout=60, process=process)
+        with socket.create_connection((LOOPBACK, port), timeout=10) as slow:
+            slow.sendall(b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\n")  # and no more
+            started = time.monotonic()
+            answer = slow.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 408 ") and b'"request_timeout"' in answer
+            assert slow.recv(65536) == b"" and time.monotonic() - started < 5
+        with socket.create_connection((LOOPBACK, port)) as gone:
+            gone.sendall(
+                b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 100\r\n\r\n{"prompt": '
+            )
+            time.sleep(0.2)
+        deadline = time.monotonic() + 10
+        while 'code="499"' not in httpx.get(f"http://{LOOPBACK}:{port}/metrics", timeout=5).text:
+            assert time.monotonic() < deadline, "the aborted upload was not counted"
+            time.sleep(0.05)
+    finally:
+        stop_process(process)
+        output = process.stdout.read() if process.stdout else ""
+    assert output.count("disconnected while sending POST /v1/images/generations") == 1, output
+    assert "Traceback" not in output and "unhandled error" not in output and "Exception in ASGI" not in output

@@ -3,7 +3,9 @@
 Requests are answered only for ``model`` null, the served name or one of its aliases (else 404
 ``model_not_found``). ``response_format=url`` is accepted and answered with ``b64_json``: storing
 images and signing URLs is the router's job, and the router asks pods for b64_json. A client that
-hangs up is dropped from the queue and counted as ``disconnected`` (status 499, which nobody reads).
+hangs up is dropped from the queue and counted as ``disconnected`` (status 499, which nobody reads),
+and so is one that hangs up while still sending its body (logged as one info line by the shared
+error handlers, not as an error).
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ import asyncio
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
 from kubediffusion.api.disconnect import await_unless_disconnected
 from kubediffusion.api.errors import (
+    CLIENT_CLOSED_REQUEST,
     APIError,
     InvalidRequestError,
     ModelNotFoundError,
@@ -46,7 +50,7 @@ async def generations(request: Request, server: ServerDep) -> Response:
     except APIError as exc:
         requests.labels(outcome(exc)).inc()
         raise
-    except asyncio.CancelledError:
+    except (asyncio.CancelledError, ClientDisconnect):
         requests.labels("disconnected").inc()
         raise
     except Exception:
@@ -54,7 +58,7 @@ async def generations(request: Request, server: ServerDep) -> Response:
         raise
     if encoded is None:
         requests.labels("disconnected").inc()
-        return Response(status_code=499)
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
     requests.labels("success").inc()
     response = ImagesResponse(
         created=now_seconds(),

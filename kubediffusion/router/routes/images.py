@@ -4,7 +4,8 @@ A generation goes: auth -> rate limit -> parse + validate against the named mode
 limits (bad input never reaches a pod) -> forward the body bytes to the least busy ready pod
 (retrying others, see :mod:`..forwarding`) -> stream the pod's answer through (``b64_json``), or store
 the images and answer signed links (``url``). A client that goes away while its pod works has its
-pod request closed too, so the pod drops it from its queue; it is counted as 499.
+pod request closed too, so the pod drops it from its queue; it is counted as 499, and so is one that
+hangs up while still sending its body (logged as one info line by the shared error handlers).
 """
 
 from __future__ import annotations
@@ -15,16 +16,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
+from starlette.requests import ClientDisconnect
 
 from kubediffusion.api.disconnect import await_unless_disconnected
-from kubediffusion.api.errors import APIError, NotFoundError
+from kubediffusion.api.errors import CLIENT_CLOSED_REQUEST, APIError, NotFoundError
 from kubediffusion.api.schema import parse_generation_request
 from kubediffusion.router.deps import RateLimitedCaller, SettingsDep, StateDep
 from kubediffusion.router.metrics import RouterMetrics
 from kubediffusion.router.relay import passthrough, public_base_url, store_and_link, upstream_body, upstream_headers
 from kubediffusion.router.routing import validate_against_model
-
-CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request whose client left before the answer
 
 router = APIRouter()
 
@@ -46,12 +46,16 @@ class Tally:
 
 async def tally(state: StateDep) -> AsyncIterator[Tally]:
     """A dependency with ``yield``: the errors of the dependencies after it (401, 429) and of the route
-    (400, 404, 413, 503, ...) pass through here on their way to the error handler, so they are counted."""
+    (400, 404, 408, 413, 503, ..., a client gone mid-upload) pass through here on their way to the error
+    handler, so they are counted."""
     counter = Tally(state.metrics)
     try:
         yield counter
     except APIError as exc:
         counter.answered(exc.status_code)
+        raise
+    except ClientDisconnect:
+        counter.answered(CLIENT_CLOSED_REQUEST)
         raise
 
 

@@ -88,6 +88,20 @@ BAD_INPUTS: list[tuple[str, bytes, str | None, str | None]] = [
     ("wrong content type", body(prompt="a"), "text/plain", None),
     ("form content type", b"prompt=a", "application/x-www-form-urlencoded", None),
     ("no content type", body(prompt="a"), None, None),
+    # Found by the fuzz (tests/unit/hardening): JSON may escape half a surrogate pair. In `model` it was
+    # echoed in the 404 and broke its UTF-8 rendering (a 500); in `negative_prompt` it reached the CLIP
+    # tokenizer, whose TypeError failed the whole batch.
+    ("unpaired surrogate in model", b'{"prompt": "a", "model": "\\ud800"}', JSON, "model"),
+    (
+        "unpaired surrogate in negative_prompt",
+        b'{"prompt": "a", "negative_prompt": "x\\udfff"}',
+        JSON,
+        "negative_prompt",
+    ),
+    ("unpaired surrogate in user", b'{"prompt": "a", "user": "\\udc00\\ud800"}', JSON, "user"),
+    ("unpaired surrogate in prompt", b'{"prompt": "\\ud800"}', JSON, "prompt"),
+    ("unpaired surrogate as raw bytes", b'{"prompt": "a", "style": "\xed\xa0\x80"}', JSON, "style"),
+    ("key that is not Unicode text", b'{"prompt": "a", "\\ud800": 1}', JSON, None),
 ]
 
 
@@ -103,6 +117,11 @@ def test_bad_input_is_400_envelope_naming_the_param(raw: bytes, content_type: st
     assert error["type"] == "invalid_request_error"
     assert error["param"] == param
     assert error["message"]
+
+
+def test_a_surrogate_pair_is_text_and_accepted() -> None:
+    request = parse_generation_request(b'{"prompt": "a \\ud83d\\ude00", "negative_prompt": "\\ud83d\\ude00"}', JSON)
+    assert request.prompt == "a \U0001f600" and request.negative_prompt == "\U0001f600"
 
 
 def test_nulls_mean_defaults() -> None:

@@ -132,3 +132,23 @@ def test_a_bad_static_config_file_exits_2(tmp_path: Path, caplog: pytest.LogCapt
     config.write_text("- {name: x, typo: 1}\n")
     assert main(["--static-config", str(config)]) == 2
     assert "static config model #0" in caplog.text
+
+
+def test_main_serves_with_the_header_deadline_and_without_uvicorns_proxy_headers(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from kubediffusion.api.headertimeout import HeaderTimeoutMixin
+    from kubediffusion.router import main as router_main
+
+    config = tmp_path / "models.yaml"
+    config.write_text("- {name: tiny, endpoints: ['http://127.0.0.1:9']}\n")
+    monkeypatch.setenv("KD_ROUTER_SIGNING_KEY", "k" * 32)
+    monkeypatch.setenv("KD_ROUTER_STORAGE_DIR", str(tmp_path / "images"))
+    monkeypatch.setenv("KD_ROUTER_HEADER_READ_TIMEOUT", "7.5")
+    served: dict[str, object] = {}
+    monkeypatch.setattr(router_main.uvicorn, "run", lambda app, **options: served.update(options))
+    assert main(["--static-config", str(config)]) == 0
+    protocol = served["http"]
+    assert isinstance(protocol, type) and issubclass(protocol, HeaderTimeoutMixin)
+    assert protocol.header_timeout == 7.5
+    assert served["proxy_headers"] is False  # X-Forwarded-For is believed from KD_ROUTER_TRUSTED_PROXIES only
