@@ -7,15 +7,22 @@ Modules, each small and named for what it does:
     state.py           RouterState: what one app owns (discovery, balancer, keys, limiters, signer, store,
                        metrics, forwarder) and its lifespan (the shared httpx client, discovery, sweeper)
     deps.py            FastAPI dependencies: StateDep, SettingsDep, AuthenticatedCaller, RateLimitedCaller
-    routes/            one APIRouter per group: health.py, models.py, images.py (the request flow)
-    relay.py           the body a pod gets and the answer the client gets (passthrough, stored url links)
-    routing.py         ModelEntry + RoutingTable: names, aliases, the default model; validation per model
+    routes/            one APIRouter per group: health.py, models.py, metadata.py, images.py (the request
+                       flow), stored.py (images by id, signed files), legacy.py (the older /imagine API)
+    exchange.py        one request's exchange with a pod, shared by every image endpoint; Tally (metrics)
+    relay.py           the body a pod gets (only the fields it must see changed) and pod errors passed back
+    delivery.py        a pod's JSON answer to the client: ids, stored images, url links, raw image bytes
+    streaming.py       stream: true: the pod's events passed on one by one, completed images given ids
+    negotiation.py     Accept: image/png (jpeg, webp): raw image answers and their rules
+    routing.py         ModelEntry + RoutingTable: names, aliases, repo ids, the default model; capabilities
+    modelinfo.py       publisher / family / version, explicit or derived from a Hugging Face repo id
     discovery.py       the Discovery protocol + StaticDiscovery (YAML file)
     kube_discovery.py  KubernetesDiscovery: watches ImageModels and their inference Pods (lightkube, asyncio)
     balancer.py        least-requests-in-flight, passive ejection of unreachable pods
-    forwarding.py      Forwarder: bounded retries on other pods; streams the pod's bytes through
+    forwarding.py      Forwarder: bounded retries on other pods, any image path; streams the pod's bytes
     signing.py         HMAC-SHA256 signed, expiring image links
-    storage.py         ImageStore protocol + FilesystemStore (S3-compatible: extension point)
+    storage.py         ImageStore protocol + FilesystemStore, records (owner) beside images (S3: see docs/api.md)
+    openapi.py         /openapi.json (and /docs) with OpenAI's schema names for the request bodies
     auth.py            API keys from a mounted file, constant-time comparison
     ratelimit.py       token buckets per caller and global, the failed-authentication throttle; injectable clock
     client_address.py  the client's address: the socket peer, or what trusted proxies forwarded

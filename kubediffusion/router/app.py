@@ -2,7 +2,8 @@
 
 ``create_app`` only assembles: the :class:`~.state.RouterState` that owns everything long-lived (its
 lifespan is the app's), the route modules of :mod:`.routes`, the error envelope of
-``kubediffusion.api.errors`` and the middleware. The request flow is told in :mod:`.routes.images`.
+``kubediffusion.api.errors``, the OpenAPI document (:mod:`.openapi`, ``/docs``) and the middleware.
+The request flow is told in :mod:`.routes.images`.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ from collections.abc import Callable
 import httpx
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kubediffusion.api.bodylimit import BodyLimitMiddleware
 from kubediffusion.api.errors import install_error_handlers
 from kubediffusion.router.client_address import ClientAddressMiddleware, TrustedProxies
 from kubediffusion.router.discovery import Discovery
-from kubediffusion.router.routes import health, images, models
+from kubediffusion.router.forwarding import EDITS_PATH, VARIATIONS_PATH
+from kubediffusion.router.openapi import install_openapi
+from kubediffusion.router.routes import health, images, legacy, metadata, models, stored
 from kubediffusion.router.settings import RouterSettings
 from kubediffusion.router.state import RouterState, default_discovery
 from kubediffusion.router.storage import FilesystemStore, ImageStore
@@ -43,16 +47,27 @@ def create_app(
         clock=clock,
     )
     app = FastAPI(
-        title="KubeDiffusion router", lifespan=state.lifespan, docs_url=None, redoc_url=None, openapi_url=None
+        title="KubeDiffusion router",
+        lifespan=state.lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
     )
     app.state.router = state
     install_error_handlers(app)
-    for module in (health, models, images):
+    legacy.install_detail_errors(app)
+    for module in (health, models, metadata, images, stored, legacy):
         app.include_router(module.router)
+    install_openapi(app)
     # Outermost last: CORS (its headers go on every answer, the body guard's 413 included), then the
     # client address (so that everything inside it, routes and error handlers' log lines, sees the real
     # client), then the body guard.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, read_timeout=settings.body_read_timeout)
+    app.add_middleware(
+        PathBodyLimit,
+        max_bytes=settings.max_body_bytes,
+        upload_bytes=settings.max_upload_bytes,
+        read_timeout=settings.body_read_timeout,
+    )
     app.add_middleware(
         ClientAddressMiddleware, proxies=TrustedProxies(settings.trusted_proxies, settings.forwarded_header)
     )
@@ -62,7 +77,22 @@ def create_app(
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["*"],  # the OpenAI SDKs send more than these (X-Stainless-*, OpenAI-Beta, ...)
-            expose_headers=["Retry-After", "X-Request-ID"],
+            expose_headers=["Retry-After", "X-Request-ID", "X-Image-Id"],
             max_age=600,
         )
     return app
+
+
+class PathBodyLimit:
+    """The shared body guard with two limits: ``upload_bytes`` for the multipart uploads (edits,
+    variations: images), ``max_bytes`` for every other body (JSON)."""
+
+    UPLOAD_PATHS = frozenset({EDITS_PATH, VARIATIONS_PATH})
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int, upload_bytes: int, read_timeout: float) -> None:
+        self.json = BodyLimitMiddleware(app, max_bytes=max_bytes, read_timeout=read_timeout)
+        self.upload = BodyLimitMiddleware(app, max_bytes=upload_bytes, read_timeout=read_timeout)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        guard = self.upload if scope.get("path") in self.UPLOAD_PATHS else self.json
+        await guard(scope, receive, send)

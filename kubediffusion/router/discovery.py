@@ -22,7 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from kubediffusion.api.limits import GenerationDefaults, GenerationLimits, StylePreset
-from kubediffusion.router.routing import ModelEntry, RoutingTable
+from kubediffusion.router.modelinfo import ModelInfo, from_repo
+from kubediffusion.router.routing import CAPABILITIES, Capability, ModelEntry, RoutingTable
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +57,19 @@ class ModelSpecFields(BaseModel):
 
 
 class StaticModel(ModelSpecFields):
+    """A static config entry. ``repo`` is the Hugging Face repo id of the weights (requests may name
+    the model by it; publisher, family and version are derived from it unless given, see modelinfo.py);
+    ``supports`` narrows what the model is asked for (default: everything)."""
+
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
     name: str = Field(min_length=1)
     endpoints: tuple[str, ...] = ()
+    repo: str | None = Field(default=None, min_length=1, max_length=200)
+    publisher: str | None = Field(default=None, min_length=1, max_length=200)
+    family: str | None = Field(default=None, min_length=1, max_length=200)
+    version: str | None = Field(default=None, min_length=1, max_length=200)
+    supports: tuple[Capability, ...] = CAPABILITIES
 
 
 def parse_static_config(data: Any) -> RoutingTable:
@@ -84,6 +94,11 @@ def parse_static_config(data: Any) -> RoutingTable:
                 limits=model.limits,
                 presets=dict(model.presets),
                 created=created,
+                repo=model.repo,
+                info=ModelInfo(publisher=model.publisher, family=model.family, version=model.version).over(
+                    from_repo(model.repo)
+                ),
+                supports=frozenset(model.supports),
             )
         )
     return RoutingTable(entries)

@@ -16,6 +16,9 @@ At most ``max_attempts`` pods are tried and no pod twice for one request; a canc
 client went away) lets go of its pod at once. No ready pod at all is a
 503 with Retry-After. The response body is never decoded here: :class:`Upstream` streams the pod's
 bytes through and keeps the pod counted as busy until the last byte has been sent.
+
+The same rules hold for every path a pod serves (generations, edits, variations; JSON or multipart,
+answered as JSON or as an event stream): the body is opaque bytes sent as is, ``path`` says where.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({429, 503})
 GENERATIONS_PATH = "/v1/images/generations"
+EDITS_PATH = "/v1/images/edits"
+VARIATIONS_PATH = "/v1/images/variations"
 # Response headers worth passing from a pod to the client; hop-by-hop headers are never copied.
 PASSTHROUGH_HEADERS = ("content-type", "content-encoding", "retry-after", "x-request-id")
 
@@ -121,8 +126,10 @@ class Forwarder:
         self._no_endpoint_retry_after = no_endpoint_retry_after
         self._on_attempt = on_attempt or (lambda _model, _outcome: None)
 
-    async def forward(self, model: ModelEntry, body: bytes, headers: Mapping[str, str]) -> Upstream:
-        """POST ``body`` to a pod of ``model``; raises ServiceUnavailableError / UpstreamTimeoutError."""
+    async def forward(
+        self, model: ModelEntry, body: bytes, headers: Mapping[str, str], *, path: str = GENERATIONS_PATH
+    ) -> Upstream:
+        """POST ``body`` to ``path`` on a pod of ``model``; raises ServiceUnavailableError / UpstreamTimeoutError."""
         tried: list[str] = []
         last_rejection: Upstream | None = None
         last_error: httpx.HTTPError | None = None
@@ -132,9 +139,7 @@ class Forwarder:
                 break
             tried.append(endpoint)
             lease = self._balancer.acquire(endpoint)
-            request = self._client.build_request(
-                "POST", endpoint + GENERATIONS_PATH, content=body, headers=dict(headers)
-            )
+            request = self._client.build_request("POST", endpoint + path, content=body, headers=dict(headers))
             try:
                 response = await self._client.send(request, stream=True)
             except httpx.HTTPError as exc:

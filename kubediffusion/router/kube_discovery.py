@@ -2,8 +2,9 @@
 
 Two watch loops run as asyncio tasks on one lightkube ``AsyncClient``; ``stop`` cancels them:
 
-* ImageModels (``kubediffusion.io/v1alpha1``): spec aliases/default/defaults/limits/presets and
-  status.readyReplicas;
+* ImageModels (``kubediffusion.io/v1alpha1``): spec aliases/default/defaults/limits/presets, the
+  Hugging Face repo of spec.source (a name requests may use; publisher, family and version are
+  derived from it unless spec.info sets them) and status.readyReplicas;
 * Pods labelled ``app.kubernetes.io/component=inference`` and ``kubediffusion.io/model=<model>``
   (the labels of :mod:`kubediffusion.imagemodel.names`): a pod is an endpoint
   ``http://<status.podIP>:<container port named http>`` while it is Ready, has an IP and is not
@@ -36,10 +37,12 @@ from lightkube.core.selector import build_selector
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.operators import exists
 from lightkube.resources.core_v1 import Pod
+from pydantic import ValidationError
 
 from kubediffusion.imagemodel.names import COMPONENT_LABEL, MODEL_LABEL, PORT, PORT_NAME
 from kubediffusion.imagemodel.resource import GROUP, KIND, PLURAL, VERSION
 from kubediffusion.imagemodel.spec import ImageModelSpec, InvalidSpecError
+from kubediffusion.router.modelinfo import ModelInfo, from_repo, tiny_info
 from kubediffusion.router.routing import ModelEntry, RoutingTable
 from kubediffusion.router.settings import RouterSettings
 
@@ -72,6 +75,8 @@ def model_entry(obj: dict[str, Any], endpoints: tuple[str, ...]) -> ModelEntry |
         return None
     status = obj.get("status") or {}
     ready = status.get("readyReplicas")
+    repo = spec.source.huggingface.repo if spec.source.huggingface is not None else None
+    derived = tiny_info(spec.source.tiny.kind) if spec.source.tiny is not None else from_repo(repo)
     return ModelEntry(
         name=name,
         namespace=namespace,
@@ -83,7 +88,22 @@ def model_entry(obj: dict[str, Any], endpoints: tuple[str, ...]) -> ModelEntry |
         presets=dict(spec.presets),
         created=_timestamp(meta.get("creationTimestamp")),
         ready_replicas=ready if isinstance(ready, int) else 0,
+        repo=repo,
+        info=explicit_info(obj, namespace, name).over(derived),
     )
+
+
+def explicit_info(obj: dict[str, Any], namespace: str, name: str) -> ModelInfo:
+    """``spec.info`` ({publisher, family, version}), read from the object as sent: a field the CRD
+    owns (until it declares it, the API server prunes it and this is empty)."""
+    raw = (obj.get("spec") or {}).get("info")
+    if raw is None:
+        return ModelInfo()
+    try:
+        return ModelInfo.model_validate(raw)
+    except ValidationError as exc:
+        log.warning("ImageModel %s/%s: spec.info ignored: %s", namespace, name, exc.errors()[0]["msg"])
+        return ModelInfo()
 
 
 def pod_endpoint(obj: dict[str, Any]) -> tuple[str, str | None]:

@@ -14,7 +14,7 @@ class RouterMetrics:
     def __post_init__(self) -> None:
         self.requests = Counter(
             "kubediffusion_router_requests_total",
-            "Generation requests answered",
+            "Image requests answered (generations, edits, variations, /imagine/generate)",
             ["model", "code"],
             registry=self.registry,
         )
@@ -32,7 +32,9 @@ class RouterMetrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
         )
         self.images_stored = Counter(
-            "kubediffusion_router_images_stored_total", "Images stored for url responses", registry=self.registry
+            "kubediffusion_router_images_stored_total",
+            "Images stored (url responses, store: true)",
+            registry=self.registry,
         )
         self.models = Gauge("kubediffusion_router_models", "Models known to discovery", registry=self.registry)
         self.ready_endpoints = Gauge(

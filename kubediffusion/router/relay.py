@@ -1,54 +1,69 @@
-"""A generation's way through the router: the body a pod gets, and the answer the client gets back.
+"""A request's way through the router: the body a pod gets, and the pod's answers passed back as is.
 
-The client's bytes go to the pod unchanged unless the pod needs them changed (an alias becomes the
-model's name; ``url`` becomes ``b64_json``). The pod's answer comes back as is, streamed
-(:func:`passthrough`), except for ``url`` responses, whose images the router stores and replaces
-with signed links (:func:`store_and_link`).
+The client's bytes go to the pod unchanged unless the pod needs them changed (:func:`pod_changes`: an
+alias or repo id becomes the model's name; ``url`` becomes ``b64_json``, since the router makes the
+links; a raw answer's format named by Accept becomes ``output_format``); then only those fields are
+rewritten (:func:`json_body`; multipart bodies in :mod:`.multipart`). The pod's error answers come
+back as is, streamed (:func:`passthrough`); its successes go through :mod:`.delivery` (JSON) or
+:mod:`.streaming` (events).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 
-import httpx
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from kubediffusion.api.errors import UpstreamTimeoutError
 from kubediffusion.api.schema import ImageGenerationRequest
-from kubediffusion.router.errors import BadGatewayError
 from kubediffusion.router.forwarding import Upstream
-from kubediffusion.router.metrics import RouterMetrics
+from kubediffusion.router.negotiation import OutputFormat
 from kubediffusion.router.routing import ModelEntry
 from kubediffusion.router.settings import RouterSettings
-from kubediffusion.router.signing import URLSigner
-from kubediffusion.router.storage import ImageStore
 
 
-def upstream_body(body: bytes, parsed: ImageGenerationRequest, entry: ModelEntry, response_format: str) -> bytes:
-    """The bytes to send to the pod: the client's own body unless the pod needs it changed (an alias
-    becomes the model's name; ``url`` becomes ``b64_json``, which the router turns into links)."""
-    rename = parsed.model is not None and parsed.model != entry.name
-    change_format = response_format == "url"
-    if not rename and not change_format:
+def pod_changes(
+    *,
+    model: str | None,
+    entry: ModelEntry,
+    response_format: str | None,
+    raw: OutputFormat | None,
+    output_format: str | None,
+) -> dict[str, str]:
+    """The fields of the client's request the pod must see changed; empty when the body goes as is."""
+    changes = {}
+    if model is not None and model != entry.name:
+        changes["model"] = entry.name
+    if response_format == "url":  # the effective one: the request's, else the router's default
+        changes["response_format"] = "b64_json"
+    if raw is not None and output_format is None and raw != "png":
+        changes["output_format"] = raw
+    return changes
+
+
+def json_body(body: bytes, changes: dict[str, str]) -> bytes:
+    """``body`` (a JSON object) with ``changes`` applied; the very same bytes when there are none."""
+    if not changes:
         return body
     payload = json.loads(body)
-    if rename:
-        payload["model"] = entry.name
-    payload["response_format"] = "b64_json"
+    payload.update(changes)
     # Non-ASCII text stays UTF-8 rather than becoming \u escapes (up to three times its size), so the body
     # a pod gets is hardly bigger than the one the router accepted, and fits under the pod's own limit.
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def upstream_headers(request: Request) -> dict[str, str]:
-    headers = {
-        "content-type": "application/json",
-        "accept-encoding": request.headers.get("accept-encoding", "identity"),
-    }
+def upstream_body(body: bytes, parsed: ImageGenerationRequest, entry: ModelEntry, response_format: str) -> bytes:
+    """A generation's body for the pod, for ``response_format`` (the effective one): see :func:`pod_changes`."""
+    changes = pod_changes(
+        model=parsed.model, entry=entry, response_format=response_format, raw=None, output_format=None
+    )
+    return json_body(body, changes)
+
+
+def upstream_headers(request: Request, content_type: str = "application/json") -> dict[str, str]:
+    # identity: the router reads what pods answer (ids, stored images, events), so nothing compressed.
+    headers = {"content-type": content_type, "accept-encoding": "identity"}
     if "x-request-id" in request.headers:
         headers["x-request-id"] = request.headers["x-request-id"]
     return headers
@@ -87,26 +102,3 @@ class PassthroughResponse(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             await self.upstream.aclose()
-
-
-async def store_and_link(
-    upstream: Upstream, *, store: ImageStore, signer: URLSigner, metrics: RouterMetrics, base_url: str
-) -> JSONResponse:
-    """The pod's ``b64_json`` answer with every image stored and replaced by a signed ``url``."""
-    try:
-        raw = await upstream.aread()
-    except httpx.TimeoutException:
-        raise UpstreamTimeoutError("The model server stopped sending its answer in time.") from None
-    except httpx.HTTPError:
-        raise BadGatewayError("The model server's answer broke off before its end.") from None
-    try:
-        payload = json.loads(raw)
-        items = payload["data"]
-        images = [base64.b64decode(item.pop("b64_json"), validate=True) for item in items]
-    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
-        raise BadGatewayError("The model server returned a response the router could not read.") from None
-    for item, image in zip(items, images, strict=True):
-        image_id = await store.put(image)
-        metrics.images_stored.inc()
-        item["url"] = signer.url(base_url, image_id)
-    return JSONResponse(payload)

@@ -2,6 +2,10 @@
 
 Built by a discovery implementation as an immutable snapshot; the app swaps whole tables, so a
 request never sees a half-applied update.
+
+A request names a model by its name, one of its aliases, or the Hugging Face repo id its weights come
+from (``stabilityai/sdxl-turbo``, matched without regard to case, as the Hub does); names win over
+aliases, aliases over repo ids.
 """
 
 from __future__ import annotations
@@ -9,13 +13,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from kubediffusion.api.errors import ModelNotFoundError, NotFoundError
 from kubediffusion.api.limits import GenerationDefaults, GenerationLimits, StylePreset
 from kubediffusion.api.schema import ImageGenerationRequest, resolve_params
+from kubediffusion.router.modelinfo import ModelInfo
 
 log = logging.getLogger(__name__)
+
+# What a model may be asked for. Every model the inference server loads answers all four (edits and
+# variations reuse its loaded weights); a static config may narrow it for a model that cannot.
+Capability = Literal["generations", "edits", "variations", "streaming"]
+CAPABILITIES: tuple[Capability, ...] = ("generations", "edits", "variations", "streaming")
 
 
 @dataclass(frozen=True)
@@ -30,6 +40,9 @@ class ModelEntry:
     namespace: str = ""
     created: int = 0
     ready_replicas: int | None = None  # from the ImageModel's status; None = unknown (static)
+    repo: str | None = None  # the Hugging Face repo id of its weights, when they come from the Hub
+    info: ModelInfo = field(default_factory=ModelInfo)  # publisher, family, version (see modelinfo.py)
+    supports: frozenset[Capability] = frozenset(CAPABILITIES)
 
     def describe(self) -> dict[str, Any]:
         """The OpenAI model object plus our metadata, for ``GET /v1/models``."""
@@ -39,11 +52,16 @@ class ModelEntry:
             "object": "model",
             "created": self.created,
             "owned_by": self.namespace or "kubediffusion",
+            "publisher": self.info.publisher,
+            "family": self.info.family,
+            "version": self.info.version,
+            "repo": self.repo,
             "aliases": list(self.aliases),
             "default": self.default,
             "defaults": self.defaults.model_dump(by_alias=True),
             "limits": self.limits.model_dump(by_alias=True),
             "presets": {name: p.model_dump(by_alias=True, exclude_none=True) for name, p in self.presets.items()},
+            "supports": {capability: capability in self.supports for capability in CAPABILITIES},
             "readyReplicas": ready,
             "endpoints": len(self.endpoints),
         }
@@ -77,6 +95,10 @@ class RoutingTable:
                 owner = self._by_name.setdefault(alias, model)
                 if owner is not model:
                     log.warning("alias %r of model %r is already taken by %r; ignored", alias, model.name, owner.name)
+        self._by_repo: dict[str, ModelEntry] = {}
+        for model in self.models:  # several models may serve one repo (revisions, dtypes): the first wins
+            if model.repo:
+                self._by_repo.setdefault(model.repo.lower(), model)
         defaults = [m for m in self.models if m.default]
         if len(defaults) > 1:
             log.warning(
@@ -98,7 +120,7 @@ class RoutingTable:
                     code="model_not_found",
                 )
             return self.default
-        entry = self._by_name.get(model)
+        entry = self._by_name.get(model) or self._by_repo.get(model.lower())
         if entry is None:
             raise ModelNotFoundError(model)
         return entry

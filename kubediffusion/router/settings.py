@@ -58,7 +58,8 @@ class RouterSettings(RouterFlags):
     global_rate_limit_rps: float = Field(default=200.0, ge=0)  # whole router; 0 = off
     global_rate_limit_burst: int = Field(default=400, ge=1)
     cors_origins: list[str] = Field(default_factory=list)  # empty = no CORS headers
-    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)  # JSON bodies
+    max_upload_bytes: int = Field(default=33_554_432, ge=1024)  # multipart bodies: edits, variations (images)
 
     # Brute force: wrong API keys per client address (see ratelimit.FailureThrottle)
     auth_failure_burst: int = Field(default=10, ge=1)  # wrong keys an address may try before it gets 429s
@@ -77,8 +78,14 @@ class RouterSettings(RouterFlags):
     public_base_url: str = ""  # empty = derived from each request's Host
     signing_key: SecretStr | None = None  # prefer signing_key_file
     signing_key_file: Path | None = None  # no key at all = a random one per process (warned)
-    url_ttl_seconds: int = Field(default=3600, ge=1)
+    url_ttl_seconds: int = Field(default=3600, ge=1)  # also how long stored images are kept
     default_response_format: Literal["url", "b64_json"] = "b64_json"
+
+    # Stored images, fetched again by id (GET /v1/images/{id}) until url_ttl_seconds have passed
+    store_default: bool = False  # what a request that does not say `store` gets
+
+    # The older service API (/imagine/*): its /info asks each pod of the default model for this long
+    pod_info_timeout: float = Field(default=5.0, gt=0)
 
     # Upstream (inference pods)
     upstream_connect_timeout: float = Field(default=5.0, gt=0)

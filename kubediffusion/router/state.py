@@ -21,6 +21,7 @@ from fastapi import FastAPI
 
 from kubediffusion.router.auth import APIKeys
 from kubediffusion.router.balancer import Balancer
+from kubediffusion.router.delivery import Keeper
 from kubediffusion.router.discovery import Discovery, StaticDiscovery
 from kubediffusion.router.forwarding import Forwarder
 from kubediffusion.router.kube_discovery import KubernetesDiscovery
@@ -36,7 +37,8 @@ SWEEP_INTERVAL_SECONDS = 300.0
 
 
 class RouterState:
-    """Discovery, balancer, keys, limiters, signer, store and metrics; the forwarder while the app runs.
+    """Discovery, balancer, keys, limiters, signer, store (and its keeper) and metrics; the upstream
+    client and the forwarder while the app runs.
 
     ``transport`` replaces the network for the upstream client (tests); ``clock`` drives rate limits
     and pod ejection (tests)."""
@@ -67,7 +69,9 @@ class RouterState:
         )
         self.signer = URLSigner(signing_key(settings), ttl_seconds=settings.url_ttl_seconds)
         self.metrics = RouterMetrics()
+        self.keeper = Keeper(store, self.signer, self.metrics)
         self._transport = transport
+        self._client: httpx.AsyncClient | None = None
         self._forwarder: Forwarder | None = None
 
     @property
@@ -75,6 +79,13 @@ class RouterState:
         if self._forwarder is None:
             raise RuntimeError("the router app's lifespan is not running")
         return self._forwarder
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The shared upstream client, for the few reads the router makes of pods (their /info)."""
+        if self._client is None:
+            raise RuntimeError("the router app's lifespan is not running")
+        return self._client
 
     @asynccontextmanager
     async def lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
@@ -86,6 +97,7 @@ class RouterState:
         async with httpx.AsyncClient(
             timeout=upstream_timeout(settings), limits=limits, transport=self._transport, follow_redirects=False
         ) as client:
+            self._client = client
             self._forwarder = Forwarder(
                 client,
                 self.balancer,
@@ -105,7 +117,7 @@ class RouterState:
                     with contextlib.suppress(asyncio.CancelledError):
                         await sweeper
                 await self.discovery.stop()
-                self._forwarder = None
+                self._forwarder = self._client = None
 
     async def _sweep_forever(self) -> None:
         """Delete stored images whose links have expired (plus a minute's grace)."""

@@ -1,109 +1,147 @@
-"""``POST /v1/images/generations`` and the signed ``GET /v1/images/files/{id}`` its url answers link to.
+"""``POST /v1/images/generations``, ``/v1/images/edits`` and ``/v1/images/variations``.
 
-A generation goes: auth -> rate limit -> parse + validate against the named model's defaults and
-limits (bad input never reaches a pod) -> forward the body bytes to the least busy ready pod
-(retrying others, see :mod:`..forwarding`) -> stream the pod's answer through (``b64_json``), or store
-the images and answer signed links (``url``). A client that goes away while its pod works has its
-pod request closed too, so the pod drops it from its queue; it is counted as 499, and so is one that
-hangs up while still sending its body (logged as one info line by the shared error handlers).
+Each goes: auth -> rate limit -> parse + validate against the named model's defaults and limits with
+the shared ``kubediffusion.api`` definitions (bad input, bad images included, never reaches a pod) ->
+forward the client's bytes to the least busy ready pod (retrying others, see :mod:`..forwarding`) ->
+the pod's answer to the client (:mod:`..exchange`): JSON with an ``id`` per image (stored when asked,
+linked for ``url``), a raw image for ``Accept: image/*`` (:mod:`..negotiation`), or, for ``stream:
+true``, the pod's events as they come.
+
+The body the pod gets is the client's own unless the pod must see a field changed (an alias or repo
+id becomes the model's name; ``url`` becomes ``b64_json``; Accept's format becomes ``output_format``):
+then only those fields are rewritten. A multipart form is re-encoded with the changed fields and every
+other part (the images) copied byte for byte; the pod honours nothing but the form itself, so no
+header side channel has to be trusted or kept in step.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Protocol
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from starlette.requests import ClientDisconnect
 
-from kubediffusion.api.disconnect import await_unless_disconnected
-from kubediffusion.api.errors import CLIENT_CLOSED_REQUEST, APIError, NotFoundError
+from kubediffusion.api.edits import EditRequest, Task, parse_edit_request, parse_variation_request, resolve_edit_params
+from kubediffusion.api.multipart import MultipartLimits, encode_multipart, replace_fields
 from kubediffusion.api.schema import parse_generation_request
-from kubediffusion.router.deps import RateLimitedCaller, SettingsDep, StateDep
-from kubediffusion.router.metrics import RouterMetrics
-from kubediffusion.router.relay import passthrough, public_base_url, store_and_link, upstream_body, upstream_headers
-from kubediffusion.router.routing import validate_against_model
+from kubediffusion.router.delivery import Delivery
+from kubediffusion.router.deps import RateLimitedCaller, StateDep
+from kubediffusion.router.exchange import PodRequest, Tally, delivery_for, exchange, require, tally
+from kubediffusion.router.forwarding import EDITS_PATH, GENERATIONS_PATH, VARIATIONS_PATH
+from kubediffusion.router.negotiation import raw_format
+from kubediffusion.router.relay import json_body, pod_changes
+from kubediffusion.router.routing import ModelEntry, validate_against_model
+from kubediffusion.router.state import RouterState
 
 router = APIRouter()
 
 
-class Tally:
-    """Counts one generation request in ``kubediffusion_router_requests_total``, once, whatever ends it."""
+class Asked(Protocol):
+    """What generations, edits and variations all ask the same way (read from the JSON or the form)."""
 
-    def __init__(self, metrics: RouterMetrics) -> None:
-        self.metrics = metrics
-        self.model = "unknown"  # until the request names a model we know
-        self.started = time.perf_counter()
-
-    def answered(self, status_code: int) -> None:
-        self.metrics.requests.labels(self.model, str(status_code)).inc()
-
-    def upstream_answered(self) -> None:
-        self.metrics.duration.labels(self.model).observe(time.perf_counter() - self.started)
-
-
-async def tally(state: StateDep) -> AsyncIterator[Tally]:
-    """A dependency with ``yield``: the errors of the dependencies after it (401, 429) and of the route
-    (400, 404, 408, 413, 503, ..., a client gone mid-upload) pass through here on their way to the error
-    handler, so they are counted."""
-    counter = Tally(state.metrics)
-    try:
-        yield counter
-    except APIError as exc:
-        counter.answered(exc.status_code)
-        raise
-    except ClientDisconnect:
-        counter.answered(CLIENT_CLOSED_REQUEST)
-        raise
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def response_format(self) -> str | None: ...
+    @property
+    def output_format(self) -> str | None: ...
+    @property
+    def store(self) -> bool | None: ...
+    @property
+    def conversation_id(self) -> str | None: ...
+    @property
+    def user(self) -> str | None: ...
 
 
-@router.post("/v1/images/generations")
+def plan(
+    request: Request,
+    state: RouterState,
+    caller: str | None,
+    entry: ModelEntry,
+    asked: Asked,
+    *,
+    images: int,
+    stream: bool,
+) -> tuple[Delivery, dict[str, str]]:
+    """How the answer reaches the client, and the fields the pod must see changed."""
+    raw = raw_format(request.headers.get("accept"), n=images, output_format=asked.output_format, stream=stream)
+    delivery = delivery_for(
+        request,
+        state,
+        caller=caller,
+        entry=entry,
+        response_format=asked.response_format,
+        store=asked.store,
+        conversation_id=asked.conversation_id,
+        user=asked.user,
+        raw=raw,
+    )
+    changes = pod_changes(
+        model=asked.model,
+        entry=entry,
+        response_format=None if stream else (asked.response_format or state.settings.default_response_format),
+        raw=raw,
+        output_format=asked.output_format,
+    )
+    return delivery, changes
+
+
+@router.post(GENERATIONS_PATH)
 async def generations(
     request: Request,
     counter: Annotated[Tally, Depends(tally)],  # first, so that it sees the caller's 401 or 429
-    _caller: RateLimitedCaller,
+    caller: RateLimitedCaller,
     state: StateDep,
-    settings: SettingsDep,
 ) -> Response:
     body = await request.body()
     parsed = parse_generation_request(body, request.headers.get("content-type"))
     entry = state.discovery.table().resolve(parsed.model)
     counter.model = entry.name
+    stream = bool(parsed.stream)
+    require(entry, "generations")
+    if stream:
+        require(entry, "streaming", param="stream")
     validate_against_model(parsed, entry)
-    response_format = parsed.response_format or settings.default_response_format
-    upstream = await await_unless_disconnected(
-        request,
-        state.forwarder.forward(entry, upstream_body(body, parsed, entry, response_format), upstream_headers(request)),
-    )
-    if upstream is None:  # the client went away: its pod request was closed, so the pod drops it
-        counter.answered(CLIENT_CLOSED_REQUEST)
-        return Response(status_code=CLIENT_CLOSED_REQUEST)
-    counter.upstream_answered()
-    if response_format == "url" and upstream.status_code == 200:
-        response: Response = await store_and_link(
-            upstream,
-            store=state.store,
-            signer=state.signer,
-            metrics=state.metrics,
-            base_url=public_base_url(settings, request),
-        )
-    else:
-        response = passthrough(upstream)
-    counter.answered(response.status_code)
-    return response
+    delivery, changes = plan(request, state, caller, entry, parsed, images=parsed.n or 1, stream=stream)
+    pod = PodRequest(entry, GENERATIONS_PATH, json_body(body, changes), "application/json", stream=stream)
+    return await exchange(request, state, counter, pod, delivery)
 
 
-@router.get("/v1/images/files/{image_id}")
-async def image_file(state: StateDep, image_id: str, expires: str | None = None, sig: str | None = None) -> Response:
-    state.signer.verify(image_id, expires, sig)
-    found = await state.store.get(image_id)
-    if found is None:
-        raise NotFoundError("No such image (it may have been removed after its link expired).", code="image_not_found")
-    data, content_type = found
-    return Response(
-        data,
-        media_type=content_type,
-        headers={"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"},
-    )
+@router.post(EDITS_PATH)
+async def edits(
+    request: Request, counter: Annotated[Tally, Depends(tally)], caller: RateLimitedCaller, state: StateDep
+) -> Response:
+    return await upload("edit", request, counter, caller, state)
+
+
+@router.post(VARIATIONS_PATH)
+async def variations(
+    request: Request, counter: Annotated[Tally, Depends(tally)], caller: RateLimitedCaller, state: StateDep
+) -> Response:
+    return await upload("variation", request, counter, caller, state)
+
+
+def parse_upload(task: Task, body: bytes, content_type: str | None, state: RouterState) -> EditRequest:
+    limits = MultipartLimits(max_bytes=state.settings.max_upload_bytes)
+    parse = parse_edit_request if task == "edit" else parse_variation_request
+    return parse(body, content_type, limits)
+
+
+async def upload(task: Task, request: Request, counter: Tally, caller: str | None, state: RouterState) -> Response:
+    """An edit or a variation: the form checked once here (images included), then forwarded."""
+    body = await request.body()
+    content_type = request.headers.get("content-type")
+    parsed = parse_upload(task, body, content_type, state)
+    entry = state.discovery.table().resolve(parsed.model)
+    counter.model = entry.name
+    require(entry, "edits" if task == "edit" else "variations")
+    if parsed.stream:
+        require(entry, "streaming", param="stream")
+    resolve_edit_params(parsed, entry.defaults, entry.limits)
+    images = (parsed.fields.n or 1) * len(parsed.images)
+    delivery, changes = plan(request, state, caller, entry, parsed.fields, images=images, stream=parsed.stream)
+    if changes:
+        body, content_type = encode_multipart(replace_fields(parsed.parts, dict(changes)))
+    path = EDITS_PATH if task == "edit" else VARIATIONS_PATH
+    pod = PodRequest(entry, path, body, content_type or "", stream=parsed.stream)
+    return await exchange(request, state, counter, pod, delivery)

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from kubediffusion.api.multipart import parse_multipart
 from kubediffusion.router.app import create_app
 from kubediffusion.router.discovery import StaticDiscovery
 from kubediffusion.router.routing import ModelEntry, RoutingTable
@@ -19,6 +20,7 @@ from kubediffusion.router.settings import RouterSettings
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 BASE = "http://router.test"
+IMAGES = ("image", "image[]")
 
 
 class FakeClock:
@@ -40,8 +42,12 @@ class FakePods:
         self.behaviour: dict[str, Callable[[httpx.Request], httpx.Response]] = {}
 
     def ok(self, request: httpx.Request) -> httpx.Response:
-        body = json.loads(request.content)
-        n = body.get("n") or 1
+        if request.headers["content-type"].startswith("multipart/form-data"):
+            parts = parse_multipart(request.content, request.headers["content-type"])
+            n_field = next((part.data for part in parts if part.name == "n"), b"")
+            n = int(n_field or 1) * sum(1 for part in parts if part.name in IMAGES)
+        else:
+            n = json.loads(request.content).get("n") or 1
         payload = {
             "created": 1,
             "data": [{"b64_json": base64.b64encode(PNG).decode()} for _ in range(n)],

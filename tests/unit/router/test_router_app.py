@@ -33,14 +33,26 @@ def assert_envelope(response: httpx.Response, status: int, code: str | None = No
     return dict(error)
 
 
-async def test_b64_response_is_the_pods_bytes_unchanged(router: Any, pods: Any) -> None:
-    canned = b'{"created": 7, "data": [{"b64_json": "AAAA"}],   "odd spacing": true}'
+async def test_b64_response_is_the_pods_bytes_unchanged_when_every_image_has_an_id(router: Any, pods: Any) -> None:
+    canned = b'{"created": 7, "data": [{"b64_json": "AAAA", "id": "img-1"}],   "odd spacing": true}'
     pods.behaviour[A] = lambda r: httpx.Response(200, content=canned, headers={"content-type": "application/json"})
     async with router() as client:
         response = await client.post("/v1/images/generations", json={"prompt": "a cat"})
     assert response.status_code == 200
     assert response.content == canned
     assert response.headers["content-type"] == "application/json"
+
+
+async def test_b64_images_without_an_id_get_one_and_the_rest_of_the_answer_is_kept(router: Any, pods: Any) -> None:
+    canned = b'{"created": 7, "data": [{"b64_json": "AAAA"}, {"b64_json": "BBBB"}], "odd": true}'
+    pods.behaviour[A] = lambda r: httpx.Response(200, content=canned, headers={"content-type": "application/json"})
+    async with router() as client:
+        response = await client.post("/v1/images/generations", json={"prompt": "a cat", "n": 2})
+    body = response.json()
+    assert response.status_code == 200 and body["created"] == 7 and body["odd"] is True
+    assert [item["b64_json"] for item in body["data"]] == ["AAAA", "BBBB"]
+    ids = [item["id"] for item in body["data"]]
+    assert len(set(ids)) == 2 and all(isinstance(i, str) and len(i) == 32 for i in ids)
 
 
 async def test_request_body_is_forwarded_as_bytes_when_nothing_changes(router: Any, pods: Any) -> None:

@@ -7,7 +7,14 @@ import pytest
 
 from kubediffusion.api.errors import ServiceUnavailableError, UpstreamTimeoutError
 from kubediffusion.router.balancer import Balancer
-from kubediffusion.router.forwarding import Forwarder, is_retryable_error, is_retryable_status
+from kubediffusion.router.forwarding import (
+    EDITS_PATH,
+    GENERATIONS_PATH,
+    VARIATIONS_PATH,
+    Forwarder,
+    is_retryable_error,
+    is_retryable_status,
+)
 from kubediffusion.router.routing import ModelEntry
 
 A, B, C = "http://127.0.9.1:8000", "http://127.0.9.2:8000", "http://127.0.9.3:8000"
@@ -144,3 +151,18 @@ async def test_a_cancelled_forward_releases_its_pod() -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
     assert balancer.in_flight(A) == 0
+
+
+@pytest.mark.parametrize("path", [GENERATIONS_PATH, EDITS_PATH, VARIATIONS_PATH])
+async def test_every_image_path_is_forwarded_with_the_same_retry_rules(path: str) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "127.0.9.1":
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(429 if request.url.host == "127.0.9.2" else 200, content=request.url.path.encode())
+
+    forwarder, entry, seen = make(handler, endpoints=(A, B, C))
+    upstream = await forwarder.forward(
+        entry, b"--form--", {"content-type": "multipart/form-data; boundary=form"}, path=path
+    )
+    assert (upstream.status_code, await upstream.aread()) == (200, path.encode())
+    assert sorted(seen) == [A, B, C]

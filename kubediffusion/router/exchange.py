@@ -1,0 +1,130 @@
+"""One request's exchange with a pod, the same for every image endpoint (generations, edits,
+variations, and the older ``/imagine/generate``): forward the validated body, watch for the client
+leaving, and turn the pod's answer into the client's (:mod:`.delivery`, :mod:`.streaming`, or the pod's
+own error as is).
+
+A client that goes away while its pod works has its pod request closed too, so the pod drops it from
+its queue; it is counted as 499. Each request is counted once in ``kubediffusion_router_requests_total``
+by :class:`Tally`, whatever ends it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from fastapi import Request
+from fastapi.responses import Response
+from starlette.requests import ClientDisconnect
+
+from kubediffusion.api.disconnect import await_unless_disconnected
+from kubediffusion.api.errors import CLIENT_CLOSED_REQUEST, APIError, InvalidRequestError
+from kubediffusion.api.events import SSE_MEDIA_TYPE
+from kubediffusion.router.delivery import Delivery, deliver
+from kubediffusion.router.deps import StateDep
+from kubediffusion.router.metrics import RouterMetrics
+from kubediffusion.router.negotiation import OutputFormat
+from kubediffusion.router.relay import passthrough, public_base_url, upstream_headers
+from kubediffusion.router.routing import Capability, ModelEntry
+from kubediffusion.router.state import RouterState
+from kubediffusion.router.storage import ImageRecord
+from kubediffusion.router.streaming import EventStream
+
+
+class Tally:
+    """Counts one image request in ``kubediffusion_router_requests_total``, once, whatever ends it."""
+
+    def __init__(self, metrics: RouterMetrics) -> None:
+        self.metrics = metrics
+        self.model = "unknown"  # until the request names a model we know
+        self.started = time.perf_counter()
+
+    def answered(self, status_code: int) -> None:
+        self.metrics.requests.labels(self.model, str(status_code)).inc()
+
+    def upstream_answered(self) -> None:
+        self.metrics.duration.labels(self.model).observe(time.perf_counter() - self.started)
+
+
+async def tally(state: StateDep) -> AsyncIterator[Tally]:
+    """A dependency with ``yield``: the errors of the dependencies after it (401, 429) and of the route
+    (400, 404, 408, 413, 503, ..., a client gone mid-upload) pass through here on their way to the error
+    handler, so they are counted."""
+    counter = Tally(state.metrics)
+    try:
+        yield counter
+    except APIError as exc:
+        counter.answered(exc.status_code)
+        raise
+    except ClientDisconnect:
+        counter.answered(CLIENT_CLOSED_REQUEST)
+        raise
+
+
+def require(entry: ModelEntry, capability: Capability, param: str = "model") -> None:
+    if capability not in entry.supports:
+        raise InvalidRequestError(
+            f"The model '{entry.name}' does not support {capability}.", param=param, code="unsupported_value"
+        )
+
+
+@dataclass(frozen=True)
+class PodRequest:
+    """What goes to the pod: ``body`` (already changed where the pod needs it) to ``path``."""
+
+    entry: ModelEntry
+    path: str
+    body: bytes
+    content_type: str
+    stream: bool = False
+
+
+async def exchange(
+    request: Request, state: RouterState, counter: Tally, pod: PodRequest, delivery: Delivery
+) -> Response:
+    """Forward ``pod`` and answer the client (see the module docstring)."""
+    headers = upstream_headers(request, pod.content_type)
+    upstream = await await_unless_disconnected(
+        request, state.forwarder.forward(pod.entry, pod.body, headers, path=pod.path)
+    )
+    if upstream is None:  # the client went away: its pod request was closed, so the pod drops it
+        counter.answered(CLIENT_CLOSED_REQUEST)
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    counter.upstream_answered()
+    response: Response
+    if upstream.status_code != 200:
+        response = passthrough(upstream)
+    elif pod.stream and upstream.headers.get("content-type", "").startswith(SSE_MEDIA_TYPE):
+        response = EventStream(upstream, delivery, state.keeper)
+    else:
+        response = await deliver(upstream, delivery, state.keeper)
+    counter.answered(response.status_code)
+    return response
+
+
+def delivery_for(
+    request: Request,
+    state: RouterState,
+    *,
+    caller: str | None,
+    entry: ModelEntry,
+    response_format: str | None,
+    store: bool | None,
+    conversation_id: str | None = None,
+    user: str | None = None,
+    raw: OutputFormat | None = None,
+) -> Delivery:
+    """How the images of this request reach its client: ``store`` as asked (else the deployment's
+    default), owned by ``caller``; ``url`` (asked, or the router's default) stored and linked."""
+    settings = state.settings
+    url = raw is None and (response_format or settings.default_response_format) == "url"
+    return Delivery(
+        response_format="url" if url else "b64_json",
+        store=store if store is not None else settings.store_default,
+        raw=raw,
+        record=ImageRecord(
+            created=int(time.time()), owner=caller, model=entry.name, conversation_id=conversation_id, user=user
+        ),
+        base_url=public_base_url(settings, request),
+    )

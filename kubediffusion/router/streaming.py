@@ -1,0 +1,154 @@
+"""Streamed answers (``stream: true``): the pod's Server-Sent Events reach the client as the pod sends them.
+
+Nothing waits for the stream to end: each event is passed on as soon as its closing blank line has
+arrived (an event is the unit a client can use; a pod writes each one whole). Events are passed
+through byte for byte, except the final ``*.completed`` ones, which get an ``id`` like every image the
+router returns (:mod:`.delivery`), and are stored first when the request asked to ``store``.
+
+A client that hangs up closes the pod's stream (the pod then drops the work, see :class:`EventStream`).
+A pod that breaks off mid-stream cannot turn into an HTTP error any more (the 200 is sent): the client
+gets one ``error`` event with OpenAI's error envelope, which the official clients raise as an error,
+and the stream ends.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from kubediffusion.api.events import MAX_EVENT_BYTES, SSE_HEADERS, SSE_MEDIA_TYPE, encode_error
+from kubediffusion.router.delivery import Delivery, Keeper, pod_id
+from kubediffusion.router.errors import BadGatewayError
+from kubediffusion.router.forwarding import Upstream
+from kubediffusion.router.signing import new_image_id
+
+log = logging.getLogger(__name__)
+
+EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+COMPLETED = b".completed"
+
+
+class EventSplitter:
+    """Bytes in, complete events (each with its closing blank line) out. Each byte is scanned about
+    once, however many chunks a large event (a final image) arrives in."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._scanned = 0
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        self._buffer += chunk
+        events, start = [], 0
+        # A blank line (at most 4 bytes) may straddle the previous chunk's end: look back 3 bytes.
+        for match in EVENT_END.finditer(self._buffer, max(0, self._scanned - 3)):
+            events.append(bytes(self._buffer[start : match.end()]))
+            start = match.end()
+        del self._buffer[:start]
+        self._scanned = len(self._buffer)
+        return events
+
+    @property
+    def pending(self) -> bytes:
+        return bytes(self._buffer)
+
+    @property
+    def pending_size(self) -> int:
+        return len(self._buffer)
+
+
+def event_fields(event: bytes) -> tuple[str | None, str]:
+    """(the ``event:`` name, the ``data:`` lines joined) of one event, as the SSE spec reads them."""
+    name: str | None = None
+    data: list[str] = []
+    for line in event.decode("utf-8", "replace").splitlines():
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "event":
+            name = value
+        elif field == "data":
+            data.append(value)
+    return name, "\n".join(data)
+
+
+def encode_event(name: str | None, payload: dict[str, Any]) -> bytes:
+    head = f"event: {name}\n" if name else ""
+    return (head + "data: " + json.dumps(payload, separators=(",", ":"), ensure_ascii=False) + "\n\n").encode()
+
+
+def error_event(message: str) -> bytes:
+    return encode_error(BadGatewayError(message))
+
+
+async def finish_event(event: bytes, delivery: Delivery, keeper: Keeper) -> bytes:
+    """``event`` as the client gets it: unchanged unless it is a completed image (then with its id)."""
+    if COMPLETED not in event:
+        return event
+    name, data = event_fields(event)
+    try:
+        payload = json.loads(data)
+    except ValueError:
+        return event
+    if not isinstance(payload, dict) or not str(payload.get("type", "")).endswith(".completed"):
+        return event
+    if delivery.store:
+        try:
+            image = base64.b64decode(payload["b64_json"], validate=True)
+        except (KeyError, TypeError, ValueError, binascii.Error):
+            log.warning("a pod's completed event holds no readable image: not stored")
+            return event
+        payload["id"] = await keeper.keep(image, delivery)
+    elif pod_id(payload) is None:
+        payload["id"] = new_image_id()
+    else:
+        return event
+    return encode_event(name, payload)
+
+
+async def relay_events(upstream: Upstream, delivery: Delivery, keeper: Keeper) -> AsyncIterator[bytes]:
+    """The client's stream: the pod's events one by one, as they arrive."""
+    splitter = EventSplitter()
+    try:
+        async for chunk in upstream.aiter_raw():
+            for event in splitter.feed(chunk):
+                yield await finish_event(event, delivery, keeper)
+            if splitter.pending_size > MAX_EVENT_BYTES:
+                log.warning("pod %s sent an event over %d bytes: stream cut", upstream.endpoint, MAX_EVENT_BYTES)
+                yield error_event("The model server sent an event the router could not read.")
+                return
+        if splitter.pending.strip():  # a last event without its blank line
+            yield await finish_event(splitter.pending + b"\n\n", delivery, keeper)
+    except httpx.HTTPError as exc:
+        log.warning("pod %s broke off its event stream: %s: %s", upstream.endpoint, type(exc).__name__, exc)
+        yield error_event("The model server's stream broke off before its end.")
+
+
+class EventStream(StreamingResponse):
+    """An event stream to the client that always closes the pod's stream afterwards, also when the
+    client hangs up half-way (starlette then stops iterating; the pod sees its connection close)."""
+
+    def __init__(self, upstream: Upstream, delivery: Delivery, keeper: Keeper) -> None:
+        headers = dict(SSE_HEADERS)  # no proxy in between may buffer
+        if "x-request-id" in upstream.headers:
+            headers["x-request-id"] = upstream.headers["x-request-id"]
+        super().__init__(
+            relay_events(upstream, delivery, keeper),
+            status_code=upstream.status_code,
+            headers=headers,
+            media_type=SSE_MEDIA_TYPE,
+        )
+        self.upstream = upstream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.upstream.aclose()
