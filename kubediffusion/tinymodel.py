@@ -11,7 +11,11 @@ The tokenizer is built from a vocab.json/merges.txt written here (byte-level BPE
 symbols plus a few merges), never downloaded. Only torch, transformers and diffusers are imported, so
 the cache Job and the GPU benchmark can use this module without the server's dependencies.
 
-``kubediffusion tiny-model DIR [--kind sd|sdxl]`` runs ``main``.
+``write_tiny_preview_decoder(dir)`` adds a tiny random ``AutoencoderTiny`` in ``taesd/``, where the
+server looks for a preview decoder (real models put madebyollin/taesd there), so tests can exercise
+that path too.
+
+``kubediffusion tiny-model DIR [--kind sd|sdxl] [--preview-decoder]`` runs ``main``.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from kubediffusion.imagemodel.tiny import SMOKE_TEST_MARKER, TINY_DEFAULTS
 log = logging.getLogger(__name__)
 
 KINDS = ("sd", "sdxl")
+PREVIEW_DECODER_DIR = "taesd"  # an AutoencoderTiny here decodes streamed partial images
 SEED = 0
 TEXT_HIDDEN = 32
 MAX_TOKENS = 77
@@ -190,6 +195,24 @@ def write_tiny_pipeline(directory: Path, kind: str = "sd") -> None:
     log.warning("wrote the tiny smoke-test %s pipeline (random weights) to %s", kind, directory)
 
 
+def write_tiny_preview_decoder(directory: Path) -> Path:
+    """A random-weight ``AutoencoderTiny`` (same 8x latent scale, 4 latent channels) in ``directory/taesd``."""
+    import torch
+
+    diffusers: Any = importlib.import_module("diffusers")
+    torch.manual_seed(SEED)
+    tiny = diffusers.AutoencoderTiny(
+        encoder_block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8),
+        num_encoder_blocks=(1, 1, 1, 1),
+        num_decoder_blocks=(1, 1, 1, 1),
+        latent_channels=4,
+    )
+    target = Path(directory) / PREVIEW_DECODER_DIR
+    tiny.save_pretrained(str(target), safe_serialization=True)
+    return target
+
+
 def read_smoke_test_marker(directory: Path) -> dict[str, Any] | None:
     """The marker's contents when ``directory`` holds the tiny model, else None."""
     path = Path(directory) / SMOKE_TEST_MARKER
@@ -204,10 +227,15 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="kubediffusion tiny-model", description=__doc__.splitlines()[0])
     parser.add_argument("directory", type=Path, help="where to write the pipeline")
     parser.add_argument("--kind", choices=KINDS, default="sd", help="pipeline shape (default: sd)")
+    parser.add_argument(
+        "--preview-decoder", action="store_true", help=f"also write a tiny AutoencoderTiny in {PREVIEW_DECODER_DIR}/"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         write_tiny_pipeline(args.directory, args.kind)
+        if args.preview_decoder:
+            write_tiny_preview_decoder(args.directory)
     except OSError as exc:
         log.error("could not write the tiny model to %s: %s", args.directory, exc)
         return 1

@@ -8,7 +8,8 @@ Three rules, each answered with the OpenAI envelope:
   framed with confidence, and RFC 9112 §6.3 asks a server to close the connection after a request with
   both headers (request smuggling).
 * **Size.** A declared Content-Length over ``max_bytes`` is a 413 at once; a streamed (chunked) body is a
-  413 as soon as it passes the limit (the route's body read raises RequestTooLargeError).
+  413 as soon as it passes the limit (the route's body read raises RequestTooLargeError). Paths named in
+  ``path_limits`` (the image uploads: edits, variations) have their own, larger limit.
 * **Stalls.** While the body is incomplete, each read waits at most ``read_timeout`` seconds; then the
   answer is 408 with ``Connection: close`` (a slowloris client holds nothing for long). Reads after the
   body ended (a route watching for the client to hang up) are not timed.
@@ -45,7 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -83,16 +84,25 @@ def framing_error(headers: Iterable[tuple[bytes, bytes]], max_bytes: int) -> API
 class BodyLimitMiddleware:
     """Framing, size and stall rules for request bodies (see the module docstring)."""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int, read_timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_bytes: int,
+        read_timeout: float | None = None,
+        path_limits: Mapping[str, int] | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.read_timeout = read_timeout
+        self.path_limits = dict(path_limits or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        error = framing_error(scope.get("headers", ()), self.max_bytes)
+        max_bytes = self.path_limits.get(scope.get("path", ""), self.max_bytes)
+        error = framing_error(scope.get("headers", ()), max_bytes)
         if error is not None:
             await error_response(error)(scope, receive, send)
             return
@@ -114,8 +124,8 @@ class BodyLimitMiddleware:
                 body_ended = True
                 return message
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise _too_large(self.max_bytes)
+            if seen > max_bytes:
+                raise _too_large(max_bytes)
             body_ended = not message.get("more_body", False)
             return message
 

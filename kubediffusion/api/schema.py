@@ -3,6 +3,12 @@
 One definition of a valid request, used by both the router (so bad input never reaches a GPU) and the
 inference server. Extensions follow vLLM-Omni's names: ``negative_prompt``, ``num_inference_steps``,
 ``guidance_scale``, ``seed``. Every optional field accepts JSON ``null`` meaning "the default".
+
+Fields the pods ignore but accept, because the services this project replaces send them: ``user``,
+``store`` (keep the images for ``GET /v1/images/{id}``; the router's business, default per deployment)
+and ``conversation_id`` (a client's grouping of stored images; the router's business too). ``stream``
+with ``partial_images`` (0-3) asks for Server-Sent Events (:mod:`kubediffusion.api.events`).
+Edits and variations (multipart) are :mod:`kubediffusion.api.edits`; they share the checks below.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from kubediffusion.api.limits import GenerationDefaults, GenerationLimits, Style
 MAX_PROMPT_CHARS = 32000  # OpenAI's own ceiling (GPT image models); models set lower ones.
 MAX_SEED = 2**63 - 1
 SIZE_MULTIPLE = 8
+MAX_CONVERSATION_ID_CHARS = 512
+MAX_PARTIAL_IMAGES = 3
 
 ResponseFormat = Literal["url", "b64_json"]
 OutputFormat = Literal["png", "jpeg", "webp"]
@@ -47,8 +55,10 @@ class ImageGenerationRequest(BaseModel):
     background: Literal["transparent", "opaque", "auto"] | None = None
     moderation: Literal["low", "auto"] | None = None
     user: str | None = None
+    store: bool | None = None
+    conversation_id: Annotated[str, Field(max_length=MAX_CONVERSATION_ID_CHARS)] | None = None
     stream: bool | None = None
-    partial_images: Annotated[int, Field(ge=0, le=3)] | None = None
+    partial_images: Annotated[int, Field(ge=0, le=MAX_PARTIAL_IMAGES)] | None = None
     negative_prompt: str | None = None
     num_inference_steps: Annotated[int, Field(ge=1)] | None = None
     guidance_scale: Annotated[float, Field(ge=0.0, le=50.0)] | None = None
@@ -72,7 +82,10 @@ class ImageGenerationRequest(BaseModel):
 
 @dataclass(frozen=True)
 class GenerationParams:
-    """A validated request resolved against one model's defaults and limits."""
+    """A validated request resolved against one model's defaults and limits.
+
+    ``stream`` and ``partial_images`` (previews per image, 0 unless streaming) are not part of the batch
+    key: streaming and plain requests share a pipeline call, each gets its own previews."""
 
     prompt: str
     negative_prompt: str
@@ -84,6 +97,8 @@ class GenerationParams:
     seed: int | None
     output_format: OutputFormat
     output_compression: int
+    stream: bool = False
+    partial_images: int = 0
 
     @property
     def batch_key(self) -> tuple[int, int, int, float, str, int]:
@@ -153,49 +168,15 @@ def resolve_params(
     presets: dict[str, StylePreset] | None = None,
 ) -> GenerationParams:
     """Apply a model's defaults, limits and style presets; raise InvalidRequestError with ``param``."""
-    if request.stream:
-        raise InvalidRequestError(
-            "Streaming is not supported for this model.", param="stream", code="unsupported_value"
-        )
-    if len(request.prompt) > limits.max_prompt_chars:
-        raise InvalidRequestError(
-            f"Invalid 'prompt': string too long. Expected a string with maximum length {limits.max_prompt_chars}, "
-            f"but got a string with length {len(request.prompt)} instead.",
-            param="prompt",
-            code="string_above_max_length",
-        )
-    if request.negative_prompt is not None and len(request.negative_prompt) > limits.max_prompt_chars:
-        raise InvalidRequestError(
-            f"Invalid 'negative_prompt': string too long. Expected a string with maximum length "
-            f"{limits.max_prompt_chars}, but got a string with length {len(request.negative_prompt)} instead.",
-            param="negative_prompt",
-            code="string_above_max_length",
-        )
-    if request.background == "transparent":
-        # Diffusion pipelines here make opaque RGB images: say so rather than return an opaque one.
-        raise InvalidRequestError(
-            "Transparent backgrounds are not supported by this model; use 'opaque' or 'auto'.",
-            param="background",
-            code="unsupported_value",
-        )
-    n = request.n if request.n is not None else 1
-    if n > limits.max_n:
-        raise InvalidRequestError(
-            f"Invalid 'n': this model generates at most {limits.max_n} images per request.",
-            param="n",
-            code="integer_above_max_value",
-        )
-    width, height = _resolve_size(request.size, defaults, limits)
-    steps = request.num_inference_steps if request.num_inference_steps is not None else defaults.steps
-    if steps > limits.max_steps:
-        raise InvalidRequestError(
-            f"Invalid 'num_inference_steps': at most {limits.max_steps} for this model.",
-            param="num_inference_steps",
-            code="integer_above_max_value",
-        )
+    check_texts(request.prompt, request.negative_prompt, limits)
+    check_background(request.background)
+    n = check_n(request.n, limits)
+    width, height = resolve_size(request.size, defaults, limits)
+    steps = check_steps(request.num_inference_steps, defaults, limits)
     prompt, negative = _apply_style(request, defaults, presets or {})
     output_format: OutputFormat = request.output_format or "png"
     compression = request.output_compression if request.output_compression is not None else 100
+    stream = bool(request.stream)
     return GenerationParams(
         prompt=prompt,
         negative_prompt=negative,
@@ -207,10 +188,60 @@ def resolve_params(
         seed=request.seed,
         output_format=output_format,
         output_compression=compression,
+        stream=stream,
+        partial_images=(request.partial_images or 0) if stream else 0,
     )
 
 
-def _resolve_size(size: str | None, defaults: GenerationDefaults, limits: GenerationLimits) -> tuple[int, int]:
+def check_texts(prompt: str, negative_prompt: str | None, limits: GenerationLimits) -> None:
+    """The model's ``maxPromptChars`` for ``prompt`` and ``negative_prompt``."""
+    for param, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+        if text is not None and len(text) > limits.max_prompt_chars:
+            raise InvalidRequestError(
+                f"Invalid '{param}': string too long. Expected a string with maximum length "
+                f"{limits.max_prompt_chars}, but got a string with length {len(text)} instead.",
+                param=param,
+                code="string_above_max_length",
+            )
+
+
+def check_background(background: str | None) -> None:
+    if background == "transparent":
+        # Diffusion pipelines here make opaque RGB images: say so rather than return an opaque one.
+        raise InvalidRequestError(
+            "Transparent backgrounds are not supported by this model; use 'opaque' or 'auto'.",
+            param="background",
+            code="unsupported_value",
+        )
+
+
+def check_n(n: int | None, limits: GenerationLimits, *, images_per_n: int = 1) -> int:
+    """``n`` (default 1) within the model's ``maxN``; ``images_per_n`` > 1 when each of several input
+    images makes ``n`` images (edits), so the whole answer stays within ``maxN``."""
+    value = n if n is not None else 1
+    if value * images_per_n > limits.max_n:
+        per = f" ({images_per_n} input images x n={value})" if images_per_n > 1 else ""
+        raise InvalidRequestError(
+            f"Invalid 'n': this model generates at most {limits.max_n} images per request{per}.",
+            param="n",
+            code="integer_above_max_value",
+        )
+    return value
+
+
+def check_steps(steps: int | None, defaults: GenerationDefaults, limits: GenerationLimits) -> int:
+    value = steps if steps is not None else defaults.steps
+    if value > limits.max_steps:
+        raise InvalidRequestError(
+            f"Invalid 'num_inference_steps': at most {limits.max_steps} for this model.",
+            param="num_inference_steps",
+            code="integer_above_max_value",
+        )
+    return value
+
+
+def resolve_size(size: str | None, defaults: GenerationDefaults, limits: GenerationLimits) -> tuple[int, int]:
+    """``WxH`` within the model's limits and a multiple of 8; null or ``auto`` is the model's default."""
     if size is None or size == "auto":
         return defaults.width_height
     width, height = parse_size(size)
@@ -251,9 +282,28 @@ def _apply_style(
 
 
 class ImageData(BaseModel):
+    """One ``data[]`` item: OpenAI's ``Image`` plus ``id``, under which the router stores the image
+    (``GET /v1/images/{id}``). Pods leave ``id`` out; the router sets it on what it stores."""
+
     b64_json: str | None = None
     url: str | None = None
     revised_prompt: str | None = None
+    id: str | None = None
+
+
+class InputTokensDetails(BaseModel):
+    text_tokens: int = 0
+    image_tokens: int = 0
+
+
+class ImagesUsage(BaseModel):
+    """OpenAI's ``ImagesUsage``. Diffusion models have no tokens to bill: every count is 0. It is sent
+    where OpenAI's schema requires it (the ``*.completed`` stream events), never otherwise."""
+
+    total_tokens: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    input_tokens_details: InputTokensDetails = Field(default_factory=InputTokensDetails)
 
 
 class ImagesResponse(BaseModel):
@@ -263,18 +313,24 @@ class ImagesResponse(BaseModel):
     output_format: OutputFormat | None = None
     size: str | None = None
     quality: Literal["low", "medium", "high"] | None = None
+    usage: ImagesUsage | None = None
 
 
 def response_echo(request: ImageGenerationRequest, params: GenerationParams) -> dict[str, str]:
     """Fields echoed in a response, only with values OpenAI's response schema allows."""
+    return echo_fields(params, quality=request.quality, background=request.background)
+
+
+def echo_fields(params: GenerationParams, *, quality: str | None, background: str | None) -> dict[str, str]:
+    """:func:`response_echo` for any request kind (edits and variations have the same echo rules)."""
     echo: dict[str, str] = {"output_format": params.output_format}
     size = f"{params.width}x{params.height}"
     if size in RESPONSE_SIZES:
         echo["size"] = size
-    if request.quality in RESPONSE_QUALITIES:
-        echo["quality"] = request.quality
-    if request.background in RESPONSE_BACKGROUNDS:
-        echo["background"] = request.background
+    if quality in RESPONSE_QUALITIES:
+        echo["quality"] = quality
+    if background in RESPONSE_BACKGROUNDS:
+        echo["background"] = background
     return echo
 
 

@@ -5,16 +5,20 @@ Modules, one job each:
     server.py    InferenceServer: settings, defaults, names, metrics, phase, backend, batcher; load, warm up, serve
     app.py       create_app(): an InferenceServer, the route modules, and a lifespan that starts/stops it
     deps.py      ServerDep, the routes' Annotated dependency on the app's InferenceServer
-    routes/      APIRouters: images.py (POST /v1/images/generations), health.py (/health /readyz /metrics),
-                 models.py (/v1/models /info)
+    routes/      APIRouters: images.py (POST /v1/images/generations), edits.py (POST /v1/images/edits and
+                 /v1/images/variations), health.py (/health /readyz /metrics), models.py (/v1/models /info)
     batcher.py   bounded queue + dynamic batching in front of the single pipeline thread
-    backend.py   the ImageBackend Protocol the app needs (so tests can use a fake)
-    pipeline.py  the diffusers backend: load from a local directory, generate (imports torch)
+    backend.py   the ImageBackend Protocol the app needs (so tests can use a fake), ImageJob, EditInput
+    pipeline.py  the diffusers backend: load from a local directory, derive image-to-image and inpainting
+                 pipelines (from_pipe), generate (imports torch)
+    inputs.py    uploaded images decoded, checked, resized; the inpainting mask derived
+    streaming.py stream: true -> Server-Sent Events fed by the batcher and the step callback
+    previews.py  partial images from intermediate latents (linear latent->RGB, or a tiny autoencoder)
     accel.py     CUDA speed-ups (channels_last, fused QKV, torch.compile), shared with the GPU benchmark
     encoding.py  PNG/JPEG/WebP + base64
     metrics.py   Prometheus metrics in a per-app registry
     main.py      ``main(argv)``: settings -> uvicorn; exit 1 when the model cannot be loaded
 
-Only pipeline.py and accel.py import torch/diffusers, and only inside functions, so the app can be
+Only pipeline.py, previews.py and accel.py import torch/diffusers, and only inside functions, so the app can be
 imported and tested without them. The random-weight smoke-test pipeline is ``kubediffusion.tinymodel``.
 """

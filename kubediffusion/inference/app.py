@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from kubediffusion.api.bodylimit import BodyLimitMiddleware
 from kubediffusion.api.errors import install_error_handlers
 from kubediffusion.inference.backend import BackendLoader
-from kubediffusion.inference.routes import health, images, models
+from kubediffusion.inference.routes import edits, health, images, models
 from kubediffusion.inference.server import InferenceServer
 from kubediffusion.inference.settings import InferenceSettings
 
@@ -39,8 +39,13 @@ def create_app(
     app = FastAPI(title="KubeDiffusion inference", lifespan=lifespan, docs_url=None, redoc_url=None)
     install_error_handlers(app)
     app.state.server = server
-    for group in (images, health, models):
+    for group in (images, edits, health, models):
         app.include_router(group.router)
     # Its own guard, not only the router's: a pod is reachable by anything in the cluster network.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, read_timeout=settings.body_read_timeout)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        read_timeout=settings.body_read_timeout,
+        path_limits={path: settings.max_upload_bytes for path in edits.UPLOAD_PATHS},
+    )
     return app

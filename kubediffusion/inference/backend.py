@@ -7,8 +7,8 @@ thread only (the batcher's worker), so it need not be thread-safe.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from kubediffusion.api.schema import GenerationParams
 
@@ -18,12 +18,40 @@ if TYPE_CHECKING:
     from kubediffusion.inference.settings import InferenceSettings
 
 
+TaskKind = Literal["txt2img", "img2img", "inpaint"]
+
+PartialCallback = Callable[[int, int, "Image"], None]
+"""Called in the worker thread with (image index within the job, partial index, preview image); the
+preview may be smaller than the output (latent resolution): the receiver scales it."""
+
+
+@dataclass(frozen=True)
+class EditInput:
+    """The decoded input of an image-to-image or inpainting job, already at the output size: ``image``
+    RGB; ``mask`` mode L, 255 where the image is repainted, or None (image-to-image)."""
+
+    image: Image = field(compare=False)
+    mask: Image | None = field(compare=False)
+    strength: float
+
+    @property
+    def kind(self) -> TaskKind:
+        return "img2img" if self.mask is None else "inpaint"
+
+
 @dataclass(frozen=True)
 class ImageJob:
-    """One request's share of a batch: its parameters and one seed per image (``len(seeds) == params.n``)."""
+    """One request's share of a batch: its parameters and one seed per image (``len(seeds) == params.n``);
+    ``source`` for edits and variations; ``on_partial`` for streamed requests that want partial images."""
 
     params: GenerationParams
     seeds: tuple[int, ...]
+    source: EditInput | None = None
+    on_partial: PartialCallback | None = field(default=None, compare=False)
+
+    @property
+    def kind(self) -> TaskKind:
+        return "txt2img" if self.source is None else self.source.kind
 
 
 @dataclass(frozen=True)
@@ -33,6 +61,8 @@ class BackendDescription:
     dtype: str
     smoke_test: bool = False
     compiled: bool = False
+    edit_kinds: tuple[TaskKind, ...] = ()  # image-to-image pipelines made from the loaded weights
+    previews: str | None = None  # how partial images are decoded ("linear:sd", "taesd"), None: not at all
 
 
 StepCallback = Callable[[float], None]
@@ -44,7 +74,8 @@ class ImageBackend(Protocol):
     def description(self) -> BackendDescription: ...
 
     def generate(self, jobs: Sequence[ImageJob], on_step: StepCallback | None = None) -> list[list[Image]]:
-        """One pipeline call for jobs sharing a batch key; returns each job's images in seed order."""
+        """One pipeline call for jobs sharing a batch key (so one task kind, strength and size); returns
+        each job's images in seed order, and calls each job's ``on_partial`` as its previews are due."""
         ...
 
     def vram(self) -> tuple[int, int] | None:

@@ -14,8 +14,12 @@ Rules (each has a unit test in tests/unit/inference/test_inference_batcher.py):
   item and nothing arrived while it ran) a lone item starts at once instead of waiting for company.
 - **Fairness.** The oldest waiting item always leads the next batch; later items with the same key
   fill it in arrival order (first fit). Nothing waits behind a younger item.
-- **Cancellation.** Cancelling the task awaiting ``submit`` (a client that disconnected) removes its
-  item from the queue if its batch has not started; once started, the result is discarded.
+- **Cancellation.** Cancelling the task awaiting ``submit`` (a client that disconnected), or a future
+  ``enqueue`` returned, removes its item from the queue if its batch has not started; once started,
+  the batch runs on for the others and the result is discarded.
+- **Groups.** ``enqueue`` queues one request's items (an edit of several images, a streamed request
+  that must know it was accepted before it answers 200) all or none: the queue-full rule counts them
+  together, and a refusal queues nothing.
 - **One worker.** ``run`` executes in a single dedicated thread, so the event loop keeps answering
   (``/health``) while a batch runs, and the pipeline is only ever touched by one thread.
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -122,26 +127,50 @@ class Batcher(Generic[T, R]):
 
     async def submit(self, item: T) -> R:
         """Queue ``item`` and wait for its result; raises QueueFullError when the queue is full."""
+        (future,) = self.enqueue([item])
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self.cancel([future])
+            raise
+
+    def enqueue(self, items: Sequence[T]) -> list[asyncio.Future[R]]:
+        """Queue ``items`` together and return their futures at once (QueueFullError, with nothing
+        queued, when they do not fit). Cancel the futures (or call :meth:`cancel`) to drop them."""
         if self._closed:
             raise ServiceUnavailableError("The server is shutting down.", retry_after=1)
-        size = self._size(item)
+        sizes = [self._size(item) for item in items]
         queued = self.queued_images
-        if queued and queued + size > self.max_queue:
+        if queued and queued + sum(sizes) > self.max_queue:
             raise QueueFullError(
                 f"The model server's queue is full ({queued} images waiting, at most {self.max_queue}); "
                 "retry after the Retry-After interval.",
                 retry_after=self.retry_after_seconds(),
             )
-        entry: _Entry[T, R] = _Entry(item, self._key(item), size, asyncio.get_running_loop().create_future())
-        self._waiting.append(entry)
+        loop = asyncio.get_running_loop()
+        entries: list[_Entry[T, R]] = [
+            _Entry(item, self._key(item), size, loop.create_future()) for item, size in zip(items, sizes, strict=True)
+        ]
+        for entry in entries:
+            entry.future.add_done_callback(functools.partial(self._forget, entry))
+        self._waiting.extend(entries)
         self._wakeup.set()
-        try:
-            return await entry.future
-        except asyncio.CancelledError:
-            if entry in self._waiting:  # not started: free its place; the worker never sees it
-                self._waiting.remove(entry)
-                log.info("dropped a queued request whose client went away")
-            raise
+        return [entry.future for entry in entries]
+
+    def cancel(self, futures: Sequence[asyncio.Future[R]]) -> None:
+        """Cancel ``futures`` and free their places at once (not one loop iteration later)."""
+        for future in futures:
+            future.cancel()
+        dropped = [entry for entry in self._waiting if entry.future in futures]
+        for entry in dropped:
+            self._waiting.remove(entry)
+        if dropped:
+            log.info("dropped %d queued item(s) whose client went away", len(dropped))
+
+    def _forget(self, entry: _Entry[T, R], future: asyncio.Future[R]) -> None:
+        if future.cancelled() and entry in self._waiting:  # not started: free its place
+            self._waiting.remove(entry)
+            log.info("dropped a queued item whose client went away")
 
     async def run_exclusive(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` in the worker thread (loading, warm-up): the pipeline is only touched there."""
@@ -186,6 +215,7 @@ class Batcher(Generic[T, R]):
                 self._wakeup.clear()
                 await self._wakeup.wait()
             await self._wait_for_window()
+            self._waiting = [entry for entry in self._waiting if not entry.future.cancelled()]
             if not self._waiting:  # everything waiting was cancelled
                 continue
             batch = self._take_batch()

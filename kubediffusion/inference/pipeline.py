@@ -8,15 +8,25 @@ when present) and dtype (float16 on CPU falls back to float32 with a warning), l
 Determinism: image ``i`` of a request with seed ``s`` uses its own CPU ``torch.Generator`` seeded with
 ``s + i``, so the same request on the same device gives the same bytes whatever else shares its batch
 (within floating-point reproducibility of the device's kernels).
+
+Edits and variations run the image-to-image and inpainting pipelines that diffusers' ``from_pipe``
+makes from the loaded one: new pipeline objects around the *same* modules (UNet, VAE, text encoders,
+scheduler), so no second copy of the weights exists, and speed-ups applied to the modules (compile,
+fused QKV) apply to every task. A model without such pipelines (``AutoPipelineFor*`` has no mapping for
+its class) serves generations only. Image-to-image runs ``int(steps * strength)`` denoising steps (the
+diffusers rule); where that would be 0, the schedule is lengthened to ``ceil(1 / strength)`` steps so
+exactly one runs. Partial images for streamed requests: :mod:`.previews`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import itertools
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -25,7 +35,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kubediffusion.inference.accel import optimize_pipeline
-from kubediffusion.inference.backend import BackendDescription, ImageJob, ModelLoadError, StepCallback
+from kubediffusion.inference.backend import BackendDescription, ImageJob, ModelLoadError, StepCallback, TaskKind
+from kubediffusion.inference.previews import PreviewDecoder, PreviewEmitter, load_preview_decoder
 from kubediffusion.tinymodel import read_smoke_test_marker
 
 if TYPE_CHECKING:
@@ -98,15 +109,51 @@ def _dtype_kwarg() -> str:
     return "dtype" if hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE") else "torch_dtype"
 
 
-class DiffusersBackend:
-    """An ``ImageBackend`` around one loaded diffusers pipeline."""
+def derive_pipelines(pipe: Any) -> dict[TaskKind, Any]:
+    """``pipe`` and the image-to-image and inpainting pipelines diffusers' ``from_pipe`` makes from it
+    (sharing its modules; see the module docstring). Kinds it cannot make are left out."""
+    diffusers: Any = importlib.import_module("diffusers")
+    pipes: dict[TaskKind, Any] = {"txt2img": pipe}
+    derived: tuple[tuple[TaskKind, Any], ...] = (
+        ("img2img", diffusers.AutoPipelineForImage2Image),
+        ("inpaint", diffusers.AutoPipelineForInpainting),
+    )
+    for kind, auto in derived:
+        try:
+            pipes[kind] = auto.from_pipe(pipe)
+        except Exception as exc:  # no mapping for this class, or a component it cannot share
+            log.info("no %s pipeline for %s: %s", kind, type(pipe).__name__, exc)
+            continue
+        if hasattr(pipes[kind], "set_progress_bar_config"):
+            pipes[kind].set_progress_bar_config(disable=True)
+    return pipes
 
-    def __init__(self, pipe: Any, description: BackendDescription) -> None:
+
+def steps_for_strength(steps: int, strength: float) -> int:
+    """The schedule length that makes image-to-image run at least one step (see the module docstring)."""
+    if int(steps * strength) >= 1:
+        return steps
+    longer = max(steps, math.ceil(1 / strength))
+    while int(longer * strength) < 1:  # float rounding; strength >= 0.01 bounds this
+        longer += 1
+    return longer
+
+
+class DiffusersBackend:
+    """An ``ImageBackend`` around one loaded diffusers pipeline and those derived from it."""
+
+    def __init__(self, pipe: Any, description: BackendDescription, *, previews: PreviewDecoder | None = None) -> None:
         self.pipe = pipe
-        self._description = description
-        params = inspect.signature(pipe.__call__).parameters
-        self._has_negative = "negative_prompt" in params
-        self._has_step_callback = "callback_on_step_end" in params
+        self.pipes = derive_pipelines(pipe)
+        self.previews = previews
+        self._description = dataclasses.replace(
+            description,
+            edit_kinds=tuple(kind for kind in self.pipes if kind != "txt2img"),
+            previews=previews.kind if previews is not None else None,
+        )
+        self._params = {kind: inspect.signature(p.__call__).parameters for kind, p in self.pipes.items()}
+        self._has_negative = "negative_prompt" in self._params["txt2img"]
+        self.last_preview_seconds = 0.0  # time the last call spent making partial images (benchmark)
 
     @property
     def description(self) -> BackendDescription:
@@ -116,6 +163,11 @@ class DiffusersBackend:
         import torch
 
         first = jobs[0].params
+        kind = jobs[0].kind
+        pipe = self.pipes.get(kind)
+        if pipe is None:
+            raise RuntimeError(f"this model has no {kind} pipeline")
+        accepted = self._params[kind]
         prompts = [job.params.prompt for job in jobs for _ in job.seeds]
         negatives = [job.params.negative_prompt for job in jobs for _ in job.seeds]
         generators = [torch.Generator(device="cpu").manual_seed(seed) for job in jobs for seed in job.seeds]
@@ -123,27 +175,43 @@ class DiffusersBackend:
             "prompt": prompts,
             "num_inference_steps": first.steps,
             "guidance_scale": first.guidance,
-            "width": first.width,
-            "height": first.height,
             "generator": generators,
             "output_type": "pil",
         }
+        if "width" in accepted:
+            kwargs.update(width=first.width, height=first.height)
+        source = jobs[0].source
+        if source is not None:
+            kwargs["image"] = [job.source.image for job in jobs if job.source for _ in job.seeds]
+            kwargs["strength"] = source.strength
+            kwargs["num_inference_steps"] = steps_for_strength(first.steps, source.strength)
+            if source.mask is not None:
+                kwargs["mask_image"] = [job.source.mask for job in jobs if job.source for _ in job.seeds]
         # All-empty negatives are left out: SDXL treats None (zeros) and "" (encoded) differently.
         if self._has_negative and any(negatives):
             kwargs["negative_prompt"] = negatives
         started = time.perf_counter()
         marks: list[Any] = []  # per-step timestamps: CUDA events on a GPU (no sync per step), else clock
         on_cuda = self._description.device == "cuda"
-        if on_step is not None and self._has_step_callback:
+        emitter = (
+            PreviewEmitter(jobs, self.previews, kwargs["num_inference_steps"])
+            if self.previews is not None and PreviewEmitter.wanted(jobs)
+            else None
+        )
+        timed = on_step is not None
+        if (timed or emitter is not None) and "callback_on_step_end" in accepted:
             marks.append(_mark(on_cuda))
 
-            def _step(_pipe: Any, _step_index: int, _timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+            def _step(pipe: Any, step_index: int, _timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+                if emitter is not None:
+                    emitter.after_step(pipe, step_index, callback_kwargs["latents"])
                 marks.append(_mark(on_cuda))
                 return callback_kwargs
 
             kwargs["callback_on_step_end"] = _step
         with torch.inference_mode():
-            images: list[Image] = list(self.pipe(**kwargs).images)
+            images: list[Image] = list(pipe(**kwargs).images)
+        self.last_preview_seconds = emitter.seconds if emitter is not None else 0.0
         if on_step is not None:
             if len(marks) > 1:
                 for seconds in _step_seconds(marks, on_cuda):
@@ -169,6 +237,7 @@ class DiffusersBackend:
 
     def close(self) -> None:
         self.pipe = None
+        self.pipes = {}
         if self._description.device == "cuda":
             import torch
 
@@ -251,4 +320,4 @@ def load_backend(settings: InferenceSettings) -> DiffusersBackend:
         smoke_test=smoke_test,
         compiled=settings.compile and device == "cuda",
     )
-    return DiffusersBackend(pipe, description)
+    return DiffusersBackend(pipe, description, previews=load_preview_decoder(settings.model_dir, pipe, device))

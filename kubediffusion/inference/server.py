@@ -1,9 +1,10 @@
 """``InferenceServer``: the long-lived state of one model server, and its life from loading to shutdown.
 
 It owns the settings, the effective defaults, the names it answers to, the metrics, the phase, the
-backend and the batcher. ``start()`` (the app's lifespan) starts the batcher and, in the background,
-loads the model and makes warm-up images in the batcher's worker thread, so ``/health`` answers at once
-and ``/readyz`` is 503 until the model is warm. A load failure puts the server in phase ``failed``
+backend, the batcher and the preview encoder (a thread of its own, see :mod:`.streaming`). ``start()``
+(the app's lifespan) starts the batcher and, in the background, loads the model and makes warm-up
+images in the batcher's worker thread, so ``/health`` answers at once and ``/readyz`` is 503 until the
+model is warm. A load failure puts the server in phase ``failed``
 (``/health`` and ``/readyz`` 503 with the reason) and calls ``on_fatal`` (``main`` exits non-zero).
 The HTTP routes (``inference/routes``) only read this object and call its methods.
 """
@@ -16,15 +17,19 @@ import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
-from kubediffusion.api.errors import ModelNotFoundError, ServiceUnavailableError
+from kubediffusion.api.edits import EditParams
+from kubediffusion.api.errors import InvalidRequestError, ModelNotFoundError, ServiceUnavailableError
 from kubediffusion.api.limits import GenerationDefaults
+from kubediffusion.api.multipart import MultipartLimits
 from kubediffusion.api.schema import MAX_SEED, GenerationParams
 from kubediffusion.inference.backend import BackendLoader, ImageBackend, ImageJob, ModelLoadError
 from kubediffusion.inference.batcher import Batcher
 from kubediffusion.inference.encoding import encode_image, to_b64
+from kubediffusion.inference.inputs import prepare_all
 from kubediffusion.inference.metrics import InferenceMetrics
 from kubediffusion.inference.settings import InferenceSettings
 from kubediffusion.tinymodel import read_smoke_test_marker
@@ -44,8 +49,13 @@ def effective_defaults(settings: InferenceSettings, marker: dict[str, Any] | Non
 
 
 def batch_key(job: ImageJob) -> tuple[Any, ...]:
+    """Jobs with equal keys share one pipeline call: same shape and settings, same task kind and, for
+    edits, the same strength and input size (the inputs are passed as lists)."""
     # Empty and non-empty negative prompts are not mixed: SDXL encodes "" differently from none.
-    return (*job.params.batch_key, job.params.negative_prompt == "")
+    key: tuple[Any, ...] = (*job.params.batch_key, job.params.negative_prompt == "", job.kind)
+    if job.source is not None:
+        key += (job.source.strength, job.source.image.size)
+    return key
 
 
 def _load_default_backend(settings: InferenceSettings) -> ImageBackend:
@@ -87,6 +97,9 @@ class InferenceServer:
             on_batch=self._on_batch,
         )
         self.metrics.queue_depth.set_function(lambda: self.batcher.queued_images)
+        self.multipart_limits = MultipartLimits(max_bytes=settings.max_upload_bytes)
+        # Partial images are encoded here, in order, so the pipeline thread never waits for an encoder.
+        self.preview_encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kd-preview")
 
     @property
     def smoke_test(self) -> bool:
@@ -105,6 +118,7 @@ class InferenceServer:
                 await self._loading
             self._loading = None
         await self.batcher.stop()
+        self.preview_encoder.shutdown(wait=False, cancel_futures=True)
         if self.backend is not None:
             self.backend.close()
             self.backend = None
@@ -177,9 +191,45 @@ class InferenceServer:
         """Queue one request (seeds ``seed, seed+1, …``; a fresh base seed when none) and wait for its
         base64 images. Cancelling the caller drops the request from the queue (see batcher.py)."""
         self.require_ready()
-        base = params.seed if params.seed is not None else secrets.randbelow(MAX_SEED - 64)
-        job = ImageJob(params=params, seeds=tuple(base + i for i in range(params.n)))
-        return await self.batcher.submit(job)
+        return await self.run_jobs(self.generation_jobs(params))
+
+    def generation_jobs(self, params: GenerationParams) -> list[ImageJob]:
+        base = _base_seed(params)
+        return [ImageJob(params=params, seeds=tuple(base + i for i in range(params.n)))]
+
+    async def edit_jobs(self, edit: EditParams) -> list[ImageJob]:
+        """The jobs of an edit or variation, one per input image (seeds continue across them), its images
+        decoded in a thread; a 400 for an image that does not decode or a task this model lacks."""
+        self.require_ready()
+        inputs = await asyncio.to_thread(prepare_all, edit)
+        available = self.backend.description.edit_kinds if self.backend is not None else ()
+        for source in inputs:
+            if source.kind not in available:
+                what = "inpainting (a mask or transparent pixels)" if source.kind == "inpaint" else "image edits"
+                raise InvalidRequestError(
+                    f"This model does not support {what}.", param="model", code="unsupported_model"
+                )
+        base, n = _base_seed(edit.params), edit.params.n
+        return [
+            ImageJob(
+                params=dataclasses.replace(edit.params, width=source.width, height=source.height),
+                seeds=tuple(base + index * n + i for i in range(n)),
+                source=prepared,
+            )
+            for index, (source, prepared) in enumerate(zip(edit.sources, inputs, strict=True))
+        ]
+
+    async def run_jobs(self, jobs: Sequence[ImageJob]) -> list[str]:
+        """Queue one request's jobs together and wait for all their base64 images, in job order.
+        Cancelling the caller (or one job failing) drops what is still queued."""
+        self.require_ready()
+        futures = self.batcher.enqueue(jobs)
+        try:
+            results = await asyncio.gather(*futures)
+        except BaseException:
+            self.batcher.cancel(futures)
+            raise
+        return [b64 for result in results for b64 in result]
 
     def _run_batch(self, jobs: list[ImageJob]) -> list[list[str]]:
         """In the worker thread: generate, then encode (PNG/JPEG/WebP + base64) off the event loop."""
@@ -195,3 +245,7 @@ class InferenceServer:
     def _on_batch(self, images: int, _seconds: float) -> None:
         self.metrics.batch_size.observe(images)
         self.metrics.images.inc(images)
+
+
+def _base_seed(params: GenerationParams) -> int:
+    return params.seed if params.seed is not None else secrets.randbelow(MAX_SEED - 1024)

@@ -57,6 +57,9 @@ class InferenceSettings(BaseSettings):
     presets: dict[str, StylePreset] = Field(default_factory=dict, description="JSON map name -> StylePreset")
     log_level: str = Field(default="info", description="python logging level")
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="largest request body; beyond it 413")
+    max_upload_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, description="largest edit/variation upload (multipart); beyond it 413"
+    )
     body_read_timeout: float = Field(
         default=30.0, gt=0, description="seconds a request body may stall between reads; then 408"
     )

@@ -1,11 +1,14 @@
-"""Helpers for the real-pipeline tests: settings for the tiny model and the app served in-process."""
+"""Helpers for the real-pipeline tests: settings for the tiny model, the app served in-process or by uvicorn."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +55,32 @@ async def serve(
             await poll(lambda: app.state.server.phase in ("ready", "failed"))
             assert app.state.server.phase == "ready", app.state.server.error
         yield client, app
+
+
+@contextmanager
+def serve_http(settings: InferenceSettings) -> Iterator[str]:
+    """The app served by uvicorn on a free loopback port, in a thread (real sockets, real streaming):
+    yields its base URL once ready; stopped on exit."""
+    import uvicorn
+
+    app = create_app(settings, on_fatal=lambda message: None)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, name="tiny-uvicorn", daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            assert thread.is_alive() and time.monotonic() < deadline, "the server did not become ready"
+            assert app.state.server.phase != "failed", app.state.server.error
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.05)
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(30)

@@ -2,15 +2,17 @@
 
 Requests are answered only for ``model`` null, the served name or one of its aliases (else 404
 ``model_not_found``). ``response_format=url`` is accepted and answered with ``b64_json``: storing
-images and signing URLs is the router's job, and the router asks pods for b64_json. A client that
-hangs up is dropped from the queue and counted as ``disconnected`` (status 499, which nobody reads),
-and so is one that hangs up while still sending its body (logged as one info line by the shared
-error handlers, not as an error).
+images and signing URLs is the router's job, and the router asks pods for b64_json. ``stream: true``
+answers Server-Sent Events (:mod:`..streaming`), queued before the 200 so that a full queue is still a
+JSON 429. A client that hangs up is dropped from the queue and counted as ``disconnected`` (status 499,
+which nobody reads), and so is one that hangs up while still sending its body (logged as one info line
+by the shared error handlers, not as an error). Edits and variations: :mod:`.edits`.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -34,19 +36,43 @@ from kubediffusion.api.schema import (
     response_echo,
 )
 from kubediffusion.inference.deps import ServerDep
+from kubediffusion.inference.server import InferenceServer
+from kubediffusion.inference.streaming import ImageEventStream
 
 router = APIRouter()
+
+Answer = tuple[list[str], dict[str, str]]
+"""A finished request: its base64 images, in order, and the fields its response echoes."""
 
 
 @router.post("/v1/images/generations")
 async def generations(request: Request, server: ServerDep) -> Response:
-    requests = server.metrics.requests
-    try:
+    async def handle() -> Response | Answer | None:
         body = await request.body()
         image_request = parse_generation_request(body, request.headers.get("content-type"))
         server.check_model(image_request.model)
         params = resolve_params(image_request, server.defaults, server.settings.limits, server.settings.presets)
+        if params.stream:
+            stream = ImageEventStream(
+                server,
+                "generation",
+                server.generation_jobs(params),
+                quality=image_request.quality,
+                background=image_request.background,
+            )
+            return stream.response()
         encoded = await await_unless_disconnected(request, server.generate(params))
+        return None if encoded is None else (encoded, response_echo(image_request, params))
+
+    return await counted(server, handle)
+
+
+async def counted(server: InferenceServer, handle: Callable[[], Awaitable[Response | Answer | None]]) -> Response:
+    """Run a route's work and count its outcome once; None means the client went away, a Response (a
+    stream) counts itself when it ends."""
+    requests = server.metrics.requests
+    try:
+        answer = await handle()
     except APIError as exc:
         requests.labels(outcome(exc)).inc()
         raise
@@ -56,15 +82,14 @@ async def generations(request: Request, server: ServerDep) -> Response:
     except Exception:
         requests.labels("error").inc()
         raise
-    if encoded is None:
+    if isinstance(answer, Response):
+        return answer
+    if answer is None:
         requests.labels("disconnected").inc()
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     requests.labels("success").inc()
-    response = ImagesResponse(
-        created=now_seconds(),
-        data=[ImageData(b64_json=b64) for b64 in encoded],
-        **response_echo(image_request, params),
-    )
+    encoded, echo = answer
+    response = ImagesResponse(created=now_seconds(), data=[ImageData(b64_json=b64) for b64 in encoded], **echo)
     return JSONResponse(response.model_dump(exclude_none=True))
 
 

@@ -27,6 +27,21 @@ def model_card(server: InferenceServer) -> dict[str, Any]:
         "ready": server.phase == "ready",
         "smoke_test": server.smoke_test,
         "pipeline": description.pipeline_class if description else None,
+        "supports": supports(server),
+    }
+
+
+def supports(server: InferenceServer) -> dict[str, bool]:
+    """What this pod can do (the router's ``/v1/metadata`` names the same capabilities); unknown until loaded."""
+    description = server.backend.description if server.backend is not None else None
+    kinds = description.edit_kinds if description else ()
+    return {
+        "generations": description is not None,
+        "edits": "img2img" in kinds,
+        "variations": "img2img" in kinds,
+        "inpainting": "inpaint" in kinds,
+        "streaming": description is not None,
+        "partial_images": bool(description and description.previews),
     }
 
 
@@ -51,6 +66,7 @@ async def info(server: ServerDep) -> Response:
             "device": description.device if description else None,
             "dtype": description.dtype if description else settings.dtype,
             "compiled": description.compiled if description else False,
+            "previews": description.previews if description else None,
             "defaults": server.defaults.model_dump(by_alias=True),
             "limits": settings.limits.model_dump(by_alias=True),
             "presets": {name: p.model_dump(by_alias=True) for name, p in settings.presets.items()},

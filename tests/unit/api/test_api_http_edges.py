@@ -171,3 +171,22 @@ def test_errors_that_leave_a_request_half_read_close_the_connection() -> None:
     assert BadFramingError("bad").headers() == {"Connection": "close"}
     assert RateLimitError("later", retry_after=2.4).headers() == {"Retry-After": "2"}
     assert RequestTooLargeError("big").headers() == {}  # the body is drained, so the client can read the 413
+
+
+async def test_paths_with_their_own_limit_accept_larger_bodies_and_others_do_not() -> None:
+    """The uploads (edits, variations) have a larger limit than the JSON routes."""
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.post("/upload")
+    @app.post("/small")
+    async def read(request: Request) -> dict[str, int]:
+        return {"bytes": len(await request.body())}
+
+    app.add_middleware(BodyLimitMiddleware, max_bytes=1024, path_limits={"/upload": 4096})
+    body = chunk(b"x" * 3000, more=False)
+    assert (await call(app, [body]))[0] == 200
+    assert (await upload(app, [body], path="/small", client=("10.1.2.3", 1)))[0] == 413
+    declared = [(b"content-length", b"5000")]
+    status, _, answer = await call(app, [chunk(b"x" * 5000, more=False)], headers=declared)
+    assert status == 413 and json.loads(answer)["error"]["message"].endswith("4096 bytes.")

@@ -72,7 +72,13 @@ BAD_INPUTS: list[tuple[str, bytes, str | None, str | None]] = [
     ("seed as a string", body(prompt="a", seed="7"), JSON, "seed"),
     ("model not a string", body(prompt="a", model=3), JSON, "model"),
     ("unknown style", body(prompt="a", style="cubist"), JSON, "style"),
-    ("stream requested", body(prompt="a", stream=True), JSON, "stream"),
+    # stream: true is valid since the Images API streams (issue 13); its neighbours still have types.
+    ("stream not a boolean", body(prompt="a", stream="yes"), JSON, "stream"),
+    ("partial_images above 3", body(prompt="a", stream=True, partial_images=4), JSON, "partial_images"),
+    ("partial_images negative", body(prompt="a", stream=True, partial_images=-1), JSON, "partial_images"),
+    ("store not a boolean", body(prompt="a", store="true"), JSON, "store"),
+    ("conversation_id not a string", body(prompt="a", conversation_id=5), JSON, "conversation_id"),
+    ("conversation_id too long", body(prompt="a", conversation_id="c" * 513), JSON, "conversation_id"),
     ("bad quality", body(prompt="a", quality="ultra"), JSON, "quality"),
     ("invalid JSON", b'{"prompt": "a",', JSON, None),
     ("not UTF-8", b"\xff\xfe{}", JSON, None),
@@ -131,6 +137,18 @@ def test_nulls_mean_defaults() -> None:
     assert params.negative_prompt == "blurry"
     assert params.seed is None
     assert (params.output_format, params.output_compression) == ("png", 100)
+
+
+def test_clients_of_the_replaced_services_are_accepted_and_stream_is_resolved() -> None:
+    """``store``, ``conversation_id`` and ``user`` (sent by the older services' clients) are no longer unknown
+    parameters; ``stream`` carries ``partial_images``, which means nothing without it."""
+    fields = {"store": True, "conversation_id": "conv-1", "user": "u-1"}
+    plain = resolve(body(prompt="a", partial_images=2, **fields))
+    assert (plain.stream, plain.partial_images) == (False, 0)
+    streamed = resolve(body(prompt="a", stream=True, partial_images=2, **fields))
+    assert (streamed.stream, streamed.partial_images) == (True, 2)
+    assert resolve(body(prompt="a", stream=True)).partial_images == 0
+    assert streamed.batch_key == plain.batch_key  # streamed and plain requests share batches
 
 
 def test_request_values_override_defaults() -> None:

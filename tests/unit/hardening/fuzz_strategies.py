@@ -117,6 +117,8 @@ FIELD_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "background": st.sampled_from(["transparent", "opaque", "auto", "green"]),
     "moderation": st.sampled_from(["low", "auto", "high"]),
     "user": texts | unicode_texts | huge_texts,
+    "conversation_id": texts | unicode_texts | huge_texts,
+    "store": st.booleans(),
     "stream": st.booleans(),
     "negative_prompt": texts | unicode_texts | huge_texts,
     "guidance_scale": st.floats(min_value=-1, max_value=51)

@@ -9,12 +9,14 @@ from typing import Any
 
 from PIL import Image
 
-from kubediffusion.inference.backend import BackendDescription, ImageJob, StepCallback
+from kubediffusion.inference.backend import BackendDescription, ImageJob, StepCallback, TaskKind
 from kubediffusion.inference.settings import InferenceSettings
 
 
 class FakeBackend:
-    """Solid-colour images whose colour is a function of the seed; can hold the worker on a gate."""
+    """Solid-colour images whose colour is a function of the seed (for edits, a blend with the input's
+    colour); can hold the worker on a gate; makes ``partial_images`` previews (1/8 size, grey levels
+    0, 1, 2, ...) for jobs that want them, after as many fake steps."""
 
     def __init__(self) -> None:
         self.all_calls: list[list[ImageJob]] = []
@@ -25,7 +27,15 @@ class FakeBackend:
 
     @property
     def description(self) -> BackendDescription:
-        return BackendDescription(pipeline_class="FakePipeline", device="cpu", dtype="float32")
+        return BackendDescription(
+            pipeline_class="FakePipeline",
+            device="cpu",
+            dtype="float32",
+            edit_kinds=self.edit_kinds,
+            previews="fake",
+        )
+
+    edit_kinds: tuple[TaskKind, ...] = ("img2img", "inpaint")
 
     def generate(self, jobs: Sequence[ImageJob], on_step: StepCallback | None = None) -> list[list[Image.Image]]:
         self.all_calls.append(list(jobs))
@@ -35,10 +45,21 @@ class FakeBackend:
         for _ in range(jobs[0].params.steps):
             if on_step is not None:
                 on_step(0.001)
-        return [
-            [Image.new("RGB", (job.params.width, job.params.height), (seed % 256, 7, 9)) for seed in job.seeds]
-            for job in jobs
-        ]
+        for job in jobs:
+            small = (max(1, job.params.width // 8), max(1, job.params.height // 8))
+            for index in range(job.params.partial_images if job.on_partial is not None else 0):
+                for image in range(len(job.seeds)):
+                    job.on_partial(image, index, Image.new("RGB", small, (index, index, index)))  # type: ignore[misc]
+        return [[self._image(job, seed) for seed in job.seeds] for job in jobs]
+
+    @staticmethod
+    def _image(job: ImageJob, seed: int) -> Image.Image:
+        size = (job.params.width, job.params.height)
+        if job.source is None:
+            return Image.new("RGB", size, (seed % 256, 7, 9))
+        assert job.source.image.size == size and (job.source.mask is None or job.source.mask.size == size)
+        red = job.source.image.getpixel((0, 0))[0]  # type: ignore[index]
+        return Image.new("RGB", size, (seed % 256, red, 200 if job.source.mask is not None else 100))
 
     @property
     def calls(self) -> list[list[ImageJob]]:

@@ -261,6 +261,8 @@ async def test_models_lists_the_model_in_openai_shape(tmp_path: Path, backend: F
     assert isinstance(model["created"], int)
     assert model["aliases"] == ["dall-e-2"]
     assert model["smoke_test"] is True and model["ready"] is True
+    capabilities = ("generations", "edits", "variations", "inpainting", "streaming", "partial_images")
+    assert model["supports"] == dict.fromkeys(capabilities, True)
 
 
 async def test_info_reports_model_config_and_machine(client: httpx.AsyncClient) -> None:

@@ -249,3 +249,34 @@ async def test_stop_fails_waiting_requests_with_503(held: tuple[FakeRun, Batcher
     with pytest.raises(ServiceUnavailableError):
         await waiting
     await asyncio.gather(blocker, return_exceptions=True)
+
+
+async def test_a_group_is_queued_all_or_none(held: tuple[FakeRun, Batcher[Item, str]]) -> None:
+    run, batcher = held
+    batcher.max_queue = 4
+    blocker = await occupy_worker(run, batcher)
+    first = batcher.enqueue([Item("a", n=2)])
+    with pytest.raises(QueueFullError):
+        batcher.enqueue([Item("b"), Item("c", n=2)])  # 2 + 3 > 4: neither is queued
+    assert (batcher.queued_requests, batcher.queued_images) == (1, 2)
+    group = batcher.enqueue([Item("d"), Item("e")])  # 2 + 2 fits
+    run.gate.set()
+    assert await asyncio.gather(*first, *group) == ["result-a", "result-d", "result-e"]
+    await blocker
+    assert run.batches == [["blocker"], ["a", "d", "e"]]
+
+
+async def test_cancelling_enqueued_futures_frees_their_places_at_once(held: tuple[FakeRun, Batcher[Item, str]]) -> None:
+    run, batcher = held
+    blocker = await occupy_worker(run, batcher)
+    gone = batcher.enqueue([Item("gone"), Item("gone-too")])
+    stays = batcher.enqueue([Item("stays")])
+    batcher.cancel(gone)
+    assert (batcher.queued_requests, all(future.cancelled() for future in gone)) == (1, True)
+    dropped = batcher.enqueue([Item("dropped")])
+    dropped[0].cancel()  # a plain cancel: the entry leaves the queue on the next loop iteration
+    await wait_until(lambda: batcher.queued_requests == 1)
+    run.gate.set()
+    assert await stays[0] == "result-stays"
+    await blocker
+    assert run.batches == [["blocker"], ["stays"]]
