@@ -6,10 +6,13 @@
 
 Weights are written into a staging directory next to ``--dest`` and renamed into place only when
 complete, with the marker ``.kubediffusion-complete.json`` (source, revision, bytes, completedAt).
+``--prune`` removes the other copies next to ``--dest`` but the ``--keep`` ones the pods still read
+(a new source goes into a directory of its own beside them: :mod:`kubediffusion.fetch.copies`).
 A rerun that finds the marker for the same source does nothing and exits 0. A short JSON summary
 (or ``{"error": ...}``) goes to ``--termination-log``, so the operator reads it from the pod's status.
 Exit codes: 0 done, 1 failed (worth a retry: network, 5xx), 2 failed permanently (404, refused by the
-download policy, broken or unsafe archive, no pipeline in it).
+download policy, broken or unsafe archive, no pipeline in it, no room beside a kept copy: then the
+summary's ``reason`` is ``CacheTooSmallForSwap``).
 Hugging Face tokens come from ``$HF_TOKEN`` (a secretKeyRef in the Job).
 
 ``--url`` downloads follow the download policy (https only, no internal addresses; see ``--help`` and
@@ -21,14 +24,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kubediffusion.fetch import options, sources
+from kubediffusion.fetch import copies, options, sources
 from kubediffusion.fetch.errors import FetchError
 from kubediffusion.fetch.limits import Limits
 from kubediffusion.fetch.policy import DownloadPolicy
@@ -49,8 +53,34 @@ def _parser() -> argparse.ArgumentParser:
     chosen.add_argument("--tiny", nargs="?", const="sd", metavar="KIND", help="the random-weight smoke-test model")
     parser.add_argument("--revision", default="main", help="Hugging Face revision (default main)")
     parser.add_argument("--termination-log", type=Path, help="write a JSON summary here (/dev/termination-log)")
+    copies_ = parser.add_argument_group("copies side by side (new weights beside the serving ones)")
+    copies_.add_argument(
+        "--prune",
+        action=argparse.BooleanOptionalAction,
+        default=_env_bool("PRUNE"),
+        help="remove every other copy next to --dest but the --keep ones (env KD_FETCH_PRUNE)",
+    )
+    copies_.add_argument(
+        "--keep",
+        action="append",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="a copy pods still read: never removed, and the new one must fit beside it (repeatable; env"
+        " KD_FETCH_KEEP, comma-separated)",
+    )
     options.add_arguments(parser)
     return parser
+
+
+def _env_bool(name: str) -> bool:
+    return os.environ.get(f"KD_FETCH_{name}", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _keep(args: argparse.Namespace) -> list[Path]:
+    if args.keep is not None:
+        return list(args.keep)
+    return [Path(p) for p in os.environ.get("KD_FETCH_KEEP", "").replace(",", " ").split() if p]
 
 
 def source_id(args: argparse.Namespace) -> str:
@@ -83,18 +113,27 @@ def read_marker(dest: Path) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def fetch(dest: Path, source: str, fetcher: Callable[[Path], str]) -> dict[str, Any]:
-    """Fill ``dest`` from ``source`` unless its marker says it already holds it; returns the marker."""
+def fetch(
+    dest: Path, source: str, fetcher: Callable[[Path], str], *, prune: bool = False, keep: Sequence[Path] = ()
+) -> dict[str, Any]:
+    """Fill ``dest`` from ``source`` unless its marker says it already holds it; returns the marker.
+
+    ``prune``: first remove every other copy next to ``dest`` but ``keep`` (:mod:`kubediffusion.fetch.copies`).
+    """
     _remove_leftovers(dest)
+    if prune:
+        copies.prune(dest, keep)
     marker = read_marker(dest)
     if marker is not None and marker.get("source") == source:
         log.info("%s already holds %s (revision %s): nothing to do", dest, source, marker.get("revision"))
         return {**marker, "cached": True}
+    copies.check_room(dest, keep)
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = dest.parent / f".{dest.name}.staging-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
-        revision = fetcher(staging)
+        with copies.side_by_side(keep):
+            revision = fetcher(staging)
         marker = {
             "source": source,
             "revision": revision,
@@ -175,11 +214,14 @@ def main(argv: list[str]) -> int:
     policy, limits = options.policy_from(args, parser), options.limits_from(args)
     source = source_id(args)
     try:
-        summary = fetch(args.dest, source, _fetcher(args, policy, limits))
+        summary = fetch(args.dest, source, _fetcher(args, policy, limits), prune=args.prune, keep=_keep(args))
     except Exception as exc:
         message = str(exc) if isinstance(exc, FetchError) else f"{type(exc).__name__}: {exc}"
         log.error("fetch-model failed: %s", message)
-        _write_summary(args.termination_log, {"error": message, "source": source})
+        failed = {"error": message, "source": source}
+        if isinstance(exc, copies.CacheTooSmall):
+            failed["reason"] = exc.reason  # the operator shows it as the condition's reason
+        _write_summary(args.termination_log, failed)
         permanent = isinstance(exc, FetchError) and exc.permanent
         return EXIT_PERMANENT if permanent else EXIT_FAILED
     _write_summary(args.termination_log, summary)

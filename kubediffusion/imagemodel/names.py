@@ -10,11 +10,16 @@ FIELD_MANAGER = "kubediffusion-operator"
 MODEL_LABEL = "kubediffusion.io/model"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 SMOKE_TEST_LABEL = "kubediffusion.io/smoke-test"
+DOWNLOADS_LABEL = "kubediffusion.io/downloads"  # "true" on model pods that download (cache.mode perNode)
 CACHE_KEY_ANNOTATION = "kubediffusion.io/cache-key"
 TEMPLATE_HASH_ANNOTATION = "kubediffusion.io/template-hash"
+# On the cache Job: the directory it fills, and the copies it must keep (comma-separated; it prunes the rest).
+CACHE_PATH_ANNOTATION = "kubediffusion.io/cache-path"
+CACHE_KEEP_ANNOTATION = "kubediffusion.io/cache-keep"
+CACHE_SIZE_ANNOTATION = "kubediffusion.io/cache-size"  # on the cache Job's pod template
 
 MODELS_MOUNT = "/models"
-MODEL_SUBDIR = "model"
+MODEL_SUBDIR = "model"  # where operators before side-by-side swaps kept the one copy (/models/model)
 # Written by fetch-model into a filled cache directory: source, revision, bytes, completedAt.
 CACHE_MARKER = ".kubediffusion-complete.json"
 PORT = 8000
@@ -38,6 +43,12 @@ def cache_job_name(model: str) -> str:
     return f"im-{model}-cache"
 
 
+def cache_dir(key: str) -> str:
+    """Where the copy of a source with this cache key lives in the cache volume: one directory per source,
+    so a new source downloads beside the copy that serves (docs/contracts.md)."""
+    return f"{MODELS_MOUNT}/{key}"
+
+
 def endpoint(model: str, namespace: str) -> str:
     return f"http://{service_name(model)}.{namespace}.svc:{PORT}"
 
@@ -57,6 +68,11 @@ def labels(model: str, component: str, *, smoke_test: bool = False) -> dict[str,
 def selector(model: str) -> dict[str, str]:
     """Inference pods only: cache Job pods carry the model label too, with component ``cache``."""
     return {MODEL_LABEL: model, COMPONENT_LABEL: "inference"}
+
+
+def selector_string(model: str) -> str:
+    """:func:`selector` as a label selector string (status.selector, read through the scale subresource)."""
+    return ",".join(f"{key}={value}" for key, value in selector(model).items())
 
 
 @dataclass(frozen=True)

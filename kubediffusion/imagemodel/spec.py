@@ -28,6 +28,10 @@ DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
 _M = TypeVar("_M", bound=BaseModel)
 Dtype = Literal["float16", "bfloat16", "float32"]
 AccessMode = Literal["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany", "ReadWriteOncePod"]
+CacheMode = Literal["shared", "perNode"]
+SwapMode = Literal["sideBySide", "scaleToZero"]
+# Access modes that let pods on more than one node mount a claim at once.
+SHAREABLE_ACCESS_MODES = frozenset({"ReadWriteMany", "ReadOnlyMany"})
 
 
 class InvalidSpecError(ValueError):
@@ -175,6 +179,29 @@ class Cache(_Spec):
     access_mode: AccessMode = "ReadWriteOnce"
     existing_claim: str | None = None
     retain_on_delete: bool = True
+    # shared: one claim for every pod, filled by the cache Job; perNode: each pod fills its own
+    # generic ephemeral volume in an init container (no claim to share, no cache Job).
+    mode: CacheMode = "shared"
+    # sideBySide: new weights are downloaded beside the serving copy, pods roll once they are complete;
+    # scaleToZero: the old copy is removed and the model scaled to 0 while the new one downloads.
+    swap: SwapMode = "sideBySide"
+
+
+class Autoscaling(_Spec):
+    """The built-in autoscaler's bounds and targets (kubediffusion/operator/autoscaler)."""
+
+    min_replicas: int = Field(default=1, ge=0, le=100)
+    max_replicas: int = Field(ge=1, le=100)
+    # Queued + running images per pod the autoscaler aims for; None: spec.serving.maxBatchSize.
+    target_images_per_replica: int | None = Field(default=None, ge=1, le=10000)
+    scale_down_delay_seconds: int = Field(default=300, ge=0, le=86400)
+    idle_seconds_before_zero: int = Field(default=600, ge=0, le=604800)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"minReplicas {self.min_replicas} exceeds maxReplicas {self.max_replicas}")
+        return self
 
 
 class Serving(_Spec):
@@ -202,7 +229,8 @@ class ImageModelSpec(_Spec):
     defaults: GenerationDefaults | None = None
     limits: GenerationLimits | None = None
     presets: dict[str, StylePreset] = Field(default_factory=dict)
-    replicas: int = Field(default=1, ge=0, le=100)
+    replicas: int | None = Field(default=None, ge=0, le=100)  # None: see desired_replicas
+    autoscaling: Autoscaling | None = None
     resources: Resources = Field(default_factory=Resources)
     cache: Cache = Field(default_factory=Cache)
     serving: Serving = Field(default_factory=Serving)
@@ -224,6 +252,9 @@ class ImageModelSpec(_Spec):
             spec._check_defaults_within_limits()
         except ValidationError as exc:  # an overlay of partial limits that contradicts itself
             raise InvalidSpecError("limits", exc.errors()[0]["msg"]) from None
+        if spec.cache.mode == "perNode" and (spec.source.pvc is not None or spec.cache.existing_claim):
+            why = "perNode downloads into each pod: not with source.pvc or existingClaim"
+            raise InvalidSpecError("cache.mode", why)
         return spec
 
     def _check_defaults_within_limits(self) -> None:
@@ -240,6 +271,22 @@ class ImageModelSpec(_Spec):
             raise InvalidSpecError(
                 "defaults.steps", f"{self.effective_defaults.steps} exceeds limits.maxSteps={limits.max_steps}"
             )
+
+    @property
+    def desired_replicas(self) -> int:
+        """spec.replicas (what ``/scale`` and the autoscaler write), else minReplicas, else 1."""
+        if self.replicas is not None:
+            return self.replicas
+        return self.autoscaling.min_replicas if self.autoscaling is not None else 1
+
+    @property
+    def target_images_per_replica(self) -> int:
+        explicit = self.autoscaling.target_images_per_replica if self.autoscaling is not None else None
+        return explicit or self.serving.max_batch_size
+
+    @property
+    def per_node_cache(self) -> bool:
+        return self.cache.mode == "perNode" and self.source.needs_fetch
 
     @property
     def is_smoke_test(self) -> bool:

@@ -47,6 +47,10 @@ AVAILABLE = "MinimumReplicasAvailable"
 READY = "Ready"
 AS_EXPECTED = "AsExpected"
 APPLY_REJECTED = "ApplyRejected"  # the API server refused a child the spec asks for (e.g. a shrunk claim)
+SWAPPING = "Swapping"  # new weights download beside the copy that serves; the pods roll once they are complete
+CACHE_TOO_SMALL_FOR_SWAP = "CacheTooSmallForSwap"  # no room for a second copy (see spec.cache.swap)
+CACHE_NOT_SHAREABLE = "CacheNotShareable"  # a ReadWriteOnce cache and several replicas: all on one node
+PER_NODE_CACHE = "PerNodeCache"  # each pod fills its own ephemeral copy (spec.cache.mode perNode)
 
 
 class _Wire(BaseModel):
@@ -68,15 +72,38 @@ class Condition(_Wire):
         return self.status == "True"
 
 
-class CacheStatus(_Wire):
-    """The weights volume: which claim, where the pipeline is, and what the cache Job wrote there."""
+class CacheCopy(_Wire):
+    """One copy of the weights in the cache volume: the source's cache key and its directory."""
 
-    claim_name: str
+    key: str
+    path: str
+
+
+class CacheStatus(_Wire):
+    """The weights volume: which claim, where the serving copy is, and what the cache Job wrote there.
+
+    ``pending``: a new source downloading beside the serving copy; ``retiring``: the copy the pods are
+    rolling away from, removed once the rollout is complete (the operator's memory between reconciles).
+    """
+
+    claim_name: str | None = None  # None for a perNode cache (each pod has its own volume)
     path: str | None = None
     key: str | None = None  # the source's cache key: changes exactly when a new download is needed
     revision: str | None = None
     bytes: int | None = None
     completed_at: str | None = None
+    pending: CacheCopy | None = None
+    retiring: CacheCopy | None = None
+
+
+class AutoscalingStatus(_Wire):
+    """The built-in autoscaler's last decision (written by it alone, with its own field manager)."""
+
+    desired_replicas: int
+    load: float  # queued + running images (and requests held by routers), averaged over the window
+    reason: str
+    message: str = ""
+    last_scale_time: str | None = None
 
 
 class LastFailure(_Wire):
@@ -97,7 +124,9 @@ class ImageModelStatus(_Wire):
     replicas: int | None = None
     ready_replicas: int | None = None
     ready: str | None = None  # "readyReplicas/replicas", the Ready printer column
+    selector: str | None = None  # the inference pods' label selector, read through the scale subresource
     cache: CacheStatus | None = None
+    autoscaling: AutoscalingStatus | None = None  # the autoscaler's; the reconcile never writes it
     last_failure: LastFailure | None = None
     conditions: tuple[Condition, ...] = ()
 

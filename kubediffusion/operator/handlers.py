@@ -10,11 +10,14 @@ settled model wakes at the next resync and takes over (see :func:`follows_update
 no longer holds (the operator's settings changed) heals without an edit.
 
 Handlers are sync (kopf runs them in a thread pool) with lightkube's sync client; a per-model lock
-keeps the timer and a change handler from reconciling the same model at once.
+keeps the timer and a change handler from reconciling the same model at once. The autoscaler is a
+task of kopf's event loop started at startup (:mod:`kubediffusion.operator.autoscaler.loop`); it writes
+``/scale``, and the update handler applies the new spec.replicas like any other change.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
@@ -25,6 +28,7 @@ import kopf
 
 from kubediffusion.imagemodel import names
 from kubediffusion.imagemodel.resource import GROUP, PLURAL, VERSION
+from kubediffusion.operator.autoscaler.loop import run_autoscaler
 from kubediffusion.operator.kube import Kube, new_client
 from kubediffusion.operator.reconcile import Outcome, Refused, reconcile
 from kubediffusion.operator.settings import OperatorSettings
@@ -110,6 +114,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
     """Register the operator's handlers into ``registry`` (a fresh one per operator instance)."""
     locks = Locks()
     state: dict[str, Kube] = {}
+    tasks: set[asyncio.Task[None]] = set()
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -118,9 +123,19 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
         return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
     @kopf.on.startup(registry=registry)
-    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure_kopf(settings)
         state["kube"] = Kube(new_client())
+        if config.autoscale_interval_seconds > 0:
+            # A task of kopf's own loop, stopped at cleanup.
+            tasks.add(asyncio.create_task(run_autoscaler(state["kube"], config), name="autoscaler"))
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop(**_: Any) -> None:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        tasks.clear()
 
     def run(namespace: str, name: str, *, block: bool) -> Outcome | None:
         with locks.hold(f"{namespace}/{name}", block=block) as held:

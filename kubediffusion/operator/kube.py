@@ -14,17 +14,19 @@ operator stops applying is removed by the API server. Tests point this at the re
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, cast
 
 import httpx2
-from lightkube import ApiError, Client
+from lightkube import ALL_NS, ApiError, Client
 from lightkube.core.resource import NamespacedResource
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.batch_v1 import Job
-from lightkube.resources.core_v1 import PersistentVolumeClaim, Pod, Service
+from lightkube.resources.core_v1 import Event, PersistentVolumeClaim, Pod, Service
 from lightkube.types import CascadeType, PatchType
 
 from kubediffusion.imagemodel.names import FIELD_MANAGER
@@ -32,6 +34,9 @@ from kubediffusion.imagemodel.resource import API_VERSION, GROUP, KIND, PLURAL, 
 
 Obj = dict[str, Any]
 TIMEOUT = 30.0
+# The autoscaler's own field manager on the status subresource: it owns status.autoscaling, the reconcile
+# (kubediffusion-operator) owns the rest, so neither's apply removes the other's fields.
+AUTOSCALER_MANAGER = "kubediffusion-autoscaler"
 
 ImageModel = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
 
@@ -103,8 +108,10 @@ class Kube:
             raise
 
     def list(self, kind: str, namespace: str, selector: Mapping[str, str]) -> list[Obj]:
+        """Objects of ``kind`` with these labels in ``namespace`` ("" = every namespace)."""
         with _answers():
-            return [_plain(o) for o in self.client.list(RESOURCES[kind], namespace=namespace, labels=dict(selector))]
+            found = self.client.list(RESOURCES[kind], namespace=namespace or ALL_NS, labels=dict(selector))
+            return [_plain(o) for o in found]
 
     def delete(self, kind: str, namespace: str, name: str, *, propagation: str = "Background") -> None:
         """Delete; the garbage collector removes dependents (``Foreground``: before the object goes). Absent is fine."""
@@ -137,6 +144,62 @@ class Kube:
         except KubeError as exc:
             if exc.status != 404:  # deleted meanwhile: nothing to report on
                 raise
+
+    def scale(self, namespace: str, name: str, replicas: int, *, resource_version: str) -> None:
+        """Write spec.replicas through the ImageModel's scale subresource, as ``kubectl scale`` does.
+
+        ``resource_version`` is the model as the caller decided on it: a 409 (someone, e.g. a router
+        waking the model, wrote in between) is raised, and the caller decides again on fresh data.
+        """
+        body = {"metadata": {"resourceVersion": resource_version}, "spec": {"replicas": replicas}}
+        with _answers():
+            self.client.patch(ImageModel.Scale, name, body, namespace=namespace, patch_type=PatchType.MERGE)
+
+    def apply_autoscaling_status(self, namespace: str, name: str, autoscaling: Mapping[str, Any] | None) -> None:
+        """Server-side apply status.autoscaling alone, as the autoscaler's field manager (None removes it)."""
+        status = {"autoscaling": dict(autoscaling)} if autoscaling is not None else {}
+        body = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name, "namespace": namespace}}
+        try:
+            with _answers():
+                self.client.patch(
+                    ImageModel.Status,
+                    name,
+                    {**body, "status": status},
+                    namespace=namespace,
+                    patch_type=PatchType.APPLY,
+                    field_manager=AUTOSCALER_MANAGER,
+                    force=True,
+                )
+        except KubeError as exc:
+            if exc.status != 404:
+                raise
+
+    def post_event(self, about: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event about an object (what ``kopf.event`` posts from handlers), for code outside them."""
+        meta = about["metadata"]
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:16]}", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": about.get("apiVersion", API_VERSION),
+                "kind": about.get("kind", KIND),
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": FIELD_MANAGER},
+            "reportingComponent": FIELD_MANAGER,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        with _answers():
+            self.client.create(cast(Event, Event.from_dict(event)), namespace=meta["namespace"])
 
 
 def new_client() -> Client:

@@ -25,7 +25,9 @@ def main(argv: list[str]) -> int:
         sys.stderr.write(f"kubediffusion operator: invalid settings: {exc}\n")
         return 2
     kopf.configure(verbose=config.verbose, log_prefix=True)
-    logging.getLogger("httpx2").setLevel(logging.WARNING)  # lightkube's transport logs every request at INFO
+    # lightkube's transport and the autoscaler's scrapes would log every request at INFO.
+    for name in ("httpx2", "httpx"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     namespaces = config.namespaces
     kopf.run(
         registry=make_registry(config),

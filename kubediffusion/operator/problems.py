@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubediffusion.imagemodel.status import (
+    CACHE_TOO_SMALL_FOR_SWAP,
     CONFIG_ERROR,
     CONTAINER_RESTARTED,
     DOWNLOAD_FAILED,
@@ -82,15 +83,16 @@ def pod_problem(pods: Sequence[Obj]) -> Failure | None:
         scheduled = condition_of(pod, "PodScheduled")
         if scheduled and scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
             return Failure(UNSCHEDULABLE, short(str(scheduled.get("message") or "no node fits the pod")))
+        for status in field(pod, "status", "initContainerStatuses") or []:
+            problem = _waiting_problem(status) or _fetch_problem(status)
+            if problem is not None:
+                return problem
         for status in field(pod, "status", "containerStatuses") or []:
             waiting = field(status, "state", "waiting") or {}
             reason = waiting.get("reason")
-            if reason in ("ImagePullBackOff", "ErrImagePull", "InvalidImageName"):
-                return Failure(IMAGE_PULL_BACK_OFF, short(f"{reason}: {waiting.get('message') or ''}"))
-            if reason == CONFIG_ERROR:
-                message = str(waiting.get("message") or reason)
-                missing_secret = _SECRET_MISSING.search(message)
-                return Failure(SECRET_NOT_FOUND if missing_secret else CONFIG_ERROR, short(message))
+            waiting_problem = _waiting_problem(status)
+            if waiting_problem is not None:
+                return waiting_problem
             last = field(status, "lastState", "terminated") or {}
             restarted = last and int(status.get("restartCount") or 0) > 0
             if reason == "CrashLoopBackOff" or (restarted and not status.get("ready")):
@@ -104,6 +106,40 @@ def pod_problem(pods: Sequence[Obj]) -> Failure | None:
                     _exit_code(last),
                 )
     return None
+
+
+def _waiting_problem(status: Obj) -> Failure | None:
+    """A container the kubelet cannot start: its image, or its config (a missing Secret)."""
+    waiting = field(status, "state", "waiting") or {}
+    reason = waiting.get("reason")
+    if reason in ("ImagePullBackOff", "ErrImagePull", "InvalidImageName"):
+        return Failure(IMAGE_PULL_BACK_OFF, short(f"{reason}: {waiting.get('message') or ''}"))
+    if reason == CONFIG_ERROR:
+        message = str(waiting.get("message") or reason)
+        missing_secret = _SECRET_MISSING.search(message)
+        return Failure(SECRET_NOT_FOUND if missing_secret else CONFIG_ERROR, short(message))
+    return None
+
+
+def _fetch_problem(status: Obj) -> Failure | None:
+    """fetch-model in a pod's init container (a perNode cache) that exited with an error, now or before."""
+    term = field(status, "state", "terminated") or field(status, "lastState", "terminated") or {}
+    if not term or term.get("exitCode") == 0:
+        return None
+    return _fetch_error(term)
+
+
+def _fetch_error(term: Obj) -> Failure:
+    message = str(term.get("message") or term.get("reason") or "")
+    reason = DOWNLOAD_FAILED
+    try:  # fetch-model writes {"error": ..., "reason": ...} as JSON
+        parsed = json.loads(message)
+        if isinstance(parsed, dict) and parsed.get("error"):
+            message = str(parsed["error"])
+            reason = parsed["reason"] if parsed.get("reason") in FETCH_REASONS else reason
+    except ValueError:
+        pass
+    return Failure(reason, short(message or "fetch-model failed"), _exit_code(term))
 
 
 def recovered_restart(pods: Sequence[Obj]) -> Failure | None:
@@ -132,17 +168,35 @@ def _terminated(pod: Obj) -> Obj:
     return {}
 
 
-def fetch_summary(pods: Sequence[Obj]) -> dict[str, Any]:
-    """The JSON fetch-model writes to its termination message, from the newest pod that succeeded."""
-    for pod in _newest_first(pods):
-        if field(pod, "status", "phase") == "Succeeded":
-            try:
-                value = json.loads(_terminated(pod).get("message") or "")
-            except ValueError:
-                continue
-            if isinstance(value, dict):
-                return value
+def _init_terminated(pod: Obj) -> Obj:
+    for status in field(pod, "status", "initContainerStatuses") or []:
+        term = field(status, "state", "terminated")
+        if term and term.get("exitCode") == 0:
+            return dict(term)
     return {}
+
+
+def fetch_summary(pods: Sequence[Obj], *, init: bool = False) -> dict[str, Any]:
+    """The JSON fetch-model writes to its termination message, from the newest pod that succeeded
+    (``init``: whose init container did, for perNode caches, where fetch-model runs before the server)."""
+    for pod in _newest_first(pods):
+        if init:
+            term = _init_terminated(pod)
+        elif field(pod, "status", "phase") == "Succeeded":
+            term = _terminated(pod)
+        else:
+            continue
+        try:
+            value = json.loads(term.get("message") or "")
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return {}
+
+
+# Reasons fetch-model may name in its summary instead of DownloadFailed.
+FETCH_REASONS = frozenset({CACHE_TOO_SMALL_FOR_SWAP})
 
 
 def job_failure(job: Obj, pods: Sequence[Obj]) -> Failure:
@@ -151,14 +205,7 @@ def job_failure(job: Obj, pods: Sequence[Obj]) -> Failure:
         if field(pod, "status", "phase") != "Failed":
             continue
         term = _terminated(pod)
-        message = str(term.get("message") or term.get("reason") or field(pod, "status", "message") or "")
-        try:  # fetch-model writes {"error": ...} as JSON
-            parsed = json.loads(message)
-            if isinstance(parsed, dict) and parsed.get("error"):
-                message = str(parsed["error"])
-        except ValueError:
-            pass
-        if message:
-            return Failure(DOWNLOAD_FAILED, short(message), _exit_code(term))
+        if term.get("message") or term.get("reason") or field(pod, "status", "message"):
+            return _fetch_error({"message": field(pod, "status", "message"), **term})
     cond = condition_of(job, "Failed") or {}
     return Failure(DOWNLOAD_FAILED, short(f"{cond.get('reason', 'Failed')}: {cond.get('message', '')}"))

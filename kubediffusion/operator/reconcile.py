@@ -22,16 +22,22 @@ from kubediffusion.imagemodel.resource import KIND
 from kubediffusion.imagemodel.spec import ImageModelSpec, InvalidSpecError, resolve_resources
 from kubediffusion.imagemodel.status import (
     APPLY_REJECTED,
+    CACHE_TOO_SMALL_FOR_SWAP,
+    DOWNLOAD_FAILED,
     INVALID_SPEC,
     SCALED_TO_ZERO,
+    SWAPPING,
     UNKNOWN_PROFILE,
     CacheStatus,
     ImageModelStatus,
 )
 from kubediffusion.operator import status
+from kubediffusion.operator.cache import plan_cache
 from kubediffusion.operator.kube import Kube, KubeError
+from kubediffusion.operator.parts import pinned_to_one_node
 from kubediffusion.operator.policy import image_refusal
 from kubediffusion.operator.problems import Failure, is_true
+from kubediffusion.operator.problems import field as get
 from kubediffusion.operator.resources import (
     CacheVolume,
     Context,
@@ -46,7 +52,9 @@ from kubediffusion.operator.settings import OperatorSettings
 log = logging.getLogger(__name__)
 
 CONVERGING_PHASES = frozenset({"Pending", "Caching", "Loading", "Degraded"})
-SETTLED_REASONS = frozenset({SCALED_TO_ZERO, APPLY_REJECTED})
+# Degraded for these, nothing changes until someone edits the spec (a failed download of new weights while
+# the old ones serve: the Job failed for good, or there is no room for a second copy).
+SETTLED_REASONS = frozenset({SCALED_TO_ZERO, APPLY_REJECTED, DOWNLOAD_FAILED, CACHE_TOO_SMALL_FOR_SWAP})
 
 
 class Refused(Exception):
@@ -62,18 +70,22 @@ class Outcome:
     phase: str
     message: str
     reason: str = ""  # why the phase: the Degraded condition's reason when Degraded, else the Ready one's
+    swapping: bool = False  # new weights download beside the serving ones (any phase)
 
     @classmethod
     def of(cls, new: ImageModelStatus) -> Outcome:
         ready = new.condition("Ready")
         why = new.condition("Degraded") if new.phase == "Degraded" else ready
-        return cls(new.phase or "", ready.message if ready else "", why.reason if why else "")
+        cache = new.condition("CacheReady")
+        swapping = cache is not None and cache.reason == SWAPPING
+        return cls(new.phase or "", ready.message if ready else "", why.reason if why else "", swapping)
 
     @property
     def converging(self) -> bool:
         # Pending with spec.replicas 0, or Degraded because the API server refuses what the spec asks for,
         # is settled: nothing changes until someone edits the spec (pod events and the resync still look).
-        return self.phase in CONVERGING_PHASES and self.reason not in SETTLED_REASONS
+        # A Ready model whose new weights are downloading is not: its pods roll once they are complete.
+        return self.swapping or (self.phase in CONVERGING_PHASES and self.reason not in SETTLED_REASONS)
 
 
 def utc_now() -> str:
@@ -99,7 +111,7 @@ def reconcile(
     previous = ImageModelStatus.parse(body.get("status"))
     seen = _observe(kube, settings, body, previous.cache)
     new = status.derive_status(seen, previous=previous, now=now())
-    if new != previous:
+    if new != previous.model_copy(update={"autoscaling": None}):  # status.autoscaling is the autoscaler's
         kube.apply_status(namespace, name, new.wire())
     for event in status.transitions(previous, new):
         post_event(body, event)
@@ -151,10 +163,11 @@ def _refusal(spec: ImageModelSpec, settings: OperatorSettings) -> Failure | None
 def _observe_job(kube: Kube, desired: Mapping[str, Any] | None) -> tuple[Any, list[Any], bool]:
     """The cache Job and its pods, if it matches the desired one; ``replaced`` when a stale one was deleted.
 
-    A stale Job (new source, or a changed template while unfinished) is deleted and re-created on the
-    next pass, once it is gone. A finished Job whose template merely changed (e.g. a new operator image)
-    is kept: its weights are still right. A failed Job with an unchanged template stays failed (no retry
-    storm): delete it to retry the download.
+    A stale Job is deleted and re-created on the next pass, once it is gone: a new source, a new
+    directory or keep-list (even when finished: its re-run prunes the copies no pod reads any more,
+    :mod:`kubediffusion.operator.cache`), or a changed template while unfinished. A finished Job whose
+    template merely changed (e.g. a new operator image) is kept: its weights are still right. A failed
+    Job with an unchanged template stays failed (no retry storm): delete it to retry the download.
     """
     if desired is None:
         return None, [], False
@@ -167,10 +180,17 @@ def _observe_job(kube: Kube, desired: Mapping[str, Any] | None) -> tuple[Any, li
     annotations = job["metadata"].get("annotations") or {}
     wanted = meta["annotations"]
     complete = is_true(job, "Complete")
+
+    def differs(name: str, missing: str | None = None) -> bool:
+        have = annotations.get(name, missing)
+        return have is not None and have != wanted[name]
+
     stale_key = annotations.get(names.CACHE_KEY_ANNOTATION) != wanted[names.CACHE_KEY_ANNOTATION]
+    # A Job of an operator before side-by-side swaps has neither annotation: /models/model, nothing kept.
+    moved = differs(names.CACHE_PATH_ANNOTATION) or differs(names.CACHE_KEEP_ANNOTATION, missing="")
     stale_template = annotations.get(names.TEMPLATE_HASH_ANNOTATION) != wanted[names.TEMPLATE_HASH_ANNOTATION]
-    if stale_key or (stale_template and not complete):
-        log.info("replacing cache Job %s/%s (source or template changed)", meta["namespace"], meta["name"])
+    if stale_key or moved or (stale_template and not complete):
+        log.info("replacing cache Job %s/%s (source, copies or template changed)", meta["namespace"], meta["name"])
         # Foreground: the Job (and so its replacement) waits until its pods are gone, so two fetch-model
         # pods never write the same volume at once.
         kube.delete("Job", meta["namespace"], meta["name"], propagation="Foreground")
@@ -203,21 +223,35 @@ def _apply_children(
             rejected.append(Failure(APPLY_REJECTED, f"{kind} {obj_name}: {exc.message}"))
             return kube.get(kind, ns, obj_name)
 
-    claim = apply(build_cache_pvc(spec, ctx.owner)) or kube.get("PersistentVolumeClaim", ns, volume.claim_name)
-    desired_job = build_cache_job(spec, ctx)
+    before = kube.get("Deployment", ns, names.deployment_name(name))
+    claim = None
+    if not spec.per_node_cache:
+        claim = apply(build_cache_pvc(spec, ctx.owner)) or kube.get("PersistentVolumeClaim", ns, volume.claim_name)
+    pin = pinned_to_one_node(spec, get(claim, "spec", "accessModes"))
+    plan = plan_cache(spec, previous_cache, before) if spec.source.needs_fetch else None
+    desired_job = None
+    if plan is not None:
+        desired_job = build_cache_job(spec, ctx, dest=plan.target.path, keep=plan.keep, pin=pin)
     job, job_pods, replaced = _observe_job(kube, desired_job)
     if desired_job is not None and not replaced and (job is None or not is_true(job, "Complete")):
         job = apply(desired_job)  # an unchanged Job re-applies as a no-op
-    cache = status.cache_state(spec, volume, status.Observed(claim=claim, job=job, job_pods=job_pods), previous_cache)
+    seen = status.Observed(claim=claim, job=job, job_pods=job_pods, deployment=before)
+    cache = status.cache_state(spec, volume, seen, previous_cache, plan)
     apply(build_service(spec, ctx.owner))
-    deployment = apply(build_deployment(spec, ctx, replicas=spec.replicas if cache.ready else 0))
+    target = plan.target if plan is not None else None
+    weights = target if cache.ready else (cache.serving or target)
+    replicas = spec.desired_replicas if cache.serves else 0
+    deployment = apply(build_deployment(spec, ctx, replicas=replicas, weights=weights, pin=pin))
     pods = kube.list("Pod", ns, names.selector(name)) if deployment is not None else []
+    children = status.Observed(claim=claim, job=job, job_pods=job_pods, deployment=deployment, pods=pods)
+    if spec.per_node_cache:
+        cache = status.cache_state(spec, volume, children)  # its revision is what the pods fetched
     return status.Observation(
         name=name,
         namespace=ns,
         generation=generation,
         spec=spec,
-        children=status.Observed(claim=claim, job=job, job_pods=job_pods, deployment=deployment, pods=pods),
+        children=children,
         cache=cache,
         rejected=rejected[0] if rejected else None,
     )

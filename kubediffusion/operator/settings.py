@@ -50,7 +50,16 @@ def _no_blanks(items: list[str]) -> list[str]:
     return items
 
 
+def _selector(text: str) -> str:
+    for term in (t.strip() for t in text.split(",") if t.strip()):
+        key, eq, value = term.partition("=")
+        if not eq or not key.strip() or value.startswith("=") or key.endswith("!"):
+            raise ValueError(f"{term!r} is not a key=value label term (only equality terms)")
+    return text
+
+
 Items = Annotated[list[str], NoDecode, BeforeValidator(_items), AfterValidator(_no_blanks)]
+Selector = Annotated[str, AfterValidator(_selector)]
 Networks = Annotated[list[str], NoDecode, BeforeValidator(_networks)]
 
 
@@ -100,12 +109,35 @@ class OperatorSettings(BaseSettings):
         description="comma-separated registry/repository prefixes spec.image must be under (e.g. ghcr.io/acme/);"
         " the inference image is always allowed; empty = any image",
     )
+    autoscale_interval_seconds: float = Field(
+        default=5.0, ge=0, description="how often the autoscaler samples demand and decides (0 = no autoscaler)"
+    )
+    autoscale_window_seconds: float = Field(
+        default=30.0, gt=0, description="demand is averaged over this many seconds before a decision"
+    )
+    metrics_timeout_seconds: float = Field(
+        default=2.0, gt=0, le=60, description="timeout of one scrape of a pod's or router's /metrics"
+    )
+    metrics_concurrency: int = Field(default=16, ge=1, le=256, description="scrapes in flight at once")
+    router_namespace: str = Field(
+        default="", description="namespace of the router pods whose in-flight and held requests count as demand"
+    )
+    router_selector: Selector = Field(
+        default="",
+        description="label selector (k=v,k2=v2) of the router pods; empty = demand from model pods only",
+    )
     health_port: int = Field(default=8080, ge=0, le=65535, description="liveness port, /healthz (0 = none)")
     verbose: bool = Field(default=False, description="debug logging")
 
     @property
     def namespaces(self) -> list[str]:
         return [ns.strip() for ns in self.namespace.split(",") if ns.strip()]
+
+    @property
+    def router_labels(self) -> dict[str, str]:
+        """``router_selector`` as a map (equality terms only, as the chart writes it)."""
+        pairs = (term.split("=", 1) for term in self.router_selector.split(",") if "=" in term)
+        return {key.strip(): value.strip() for key, value in pairs}
 
     @property
     def download(self) -> DownloadPolicy:

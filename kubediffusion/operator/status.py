@@ -16,9 +16,7 @@ spec the operator refuses (image, download policy), a token Secret the kubelet c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from kubediffusion.imagemodel import names
 from kubediffusion.imagemodel.spec import ImageModelSpec
@@ -26,18 +24,11 @@ from kubediffusion.imagemodel.status import (
     AS_EXPECTED,
     AVAILABLE,
     CACHE_NOT_READY,
-    CACHE_PENDING,
-    DOWNLOADED,
-    DOWNLOADING,
     INVALID_SPEC,
     PROGRESS_DEADLINE,
-    PVC_NOT_FOUND,
-    PVC_PENDING,
     READY,
     SCALED_TO_ZERO,
-    SECRET_NOT_FOUND,
     STARTING,
-    VOLUME_READY,
     CacheStatus,
     Condition,
     ConditionType,
@@ -45,43 +36,20 @@ from kubediffusion.imagemodel.status import (
     LastFailure,
     Phase,
 )
+from kubediffusion.operator.cache import CacheState, cache_state
+from kubediffusion.operator.observed import Observed
 from kubediffusion.operator.problems import (
-    UNBOUND_CLAIMS,
     Failure,
-    Obj,
     condition_of,
-    fetch_summary,
-    is_true,
-    job_failure,
     pod_problem,
     recovered_restart,
     short,
 )
 from kubediffusion.operator.problems import field as get
-from kubediffusion.operator.resources import CacheVolume
+
+__all__ = ["CacheState", "Event", "Observation", "Observed", "cache_state", "derive_status", "transitions"]
 
 WARNING_PHASES = frozenset({"Degraded", "Failed"})
-
-
-@dataclass(frozen=True)
-class Observed:
-    """Children as read from the API server (None = absent)."""
-
-    claim: Obj | None = None
-    job: Obj | None = None
-    job_pods: Sequence[Obj] = ()
-    deployment: Obj | None = None
-    pods: Sequence[Obj] = ()
-
-
-@dataclass(frozen=True)
-class CacheState:
-    reason: str
-    message: str
-    ready: bool = False
-    phase: Phase = "Pending"  # the model's phase while the cache is not ready
-    failure: Failure | None = None
-    info: CacheStatus | None = None
 
 
 @dataclass(frozen=True)
@@ -105,74 +73,6 @@ class _Verdict:
     failure: Failure | None
 
 
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def cache_state(
-    spec: ImageModelSpec, volume: CacheVolume, observed: Observed, previous: CacheStatus | None = None
-) -> CacheState:
-    """Is the weights volume ready to mount read-only? (and why not)."""
-    claim_name = volume.claim_name
-    info = CacheStatus(claim_name=claim_name, path=volume.model_dir)
-    claim = observed.claim
-    if claim is None and not volume.owned:
-        msg = f"PersistentVolumeClaim {claim_name} does not exist"
-        return CacheState(PVC_NOT_FOUND, msg, failure=Failure(PVC_NOT_FOUND, msg), info=info)
-    claim_pending = claim is None or get(claim, "status", "phase") != "Bound"
-    if not spec.source.needs_fetch:
-        if claim_pending:
-            return CacheState(PVC_PENDING, f"PersistentVolumeClaim {claim_name} is not bound")
-        return CacheState(VOLUME_READY, f"serving from PersistentVolumeClaim {claim_name}", ready=True, info=info)
-
-    key = spec.source.cache_key()
-    info = CacheStatus(claim_name=claim_name, path=volume.model_dir, key=key)
-    job = observed.job
-    prev = previous if previous is not None and previous.key == key else CacheStatus(claim_name=claim_name)
-    if prev.completed_at and not is_true(job, "Complete") and not is_true(job, "Failed"):
-        # These weights were cached before and the finished Job has been deleted since (by hand, or a
-        # cleanup policy for finished Jobs): its re-run finds the marker at once. Pods keep serving meanwhile.
-        info = info.model_copy(
-            update={"revision": prev.revision, "bytes": prev.bytes, "completed_at": prev.completed_at}
-        )
-        msg = f"weights cached in {claim_name} (a new cache Job checks them)"
-        return CacheState(DOWNLOADED, msg, ready=True, info=info)
-    if job is None:
-        return CacheState(CACHE_PENDING, "creating the cache Job", info=info)
-    if is_true(job, "Complete"):
-        summary = fetch_summary(observed.job_pods)
-        revision = _str(summary["revision"]) if "revision" in summary else prev.revision
-        info = info.model_copy(
-            update={
-                "revision": revision,
-                "bytes": _int(summary["bytes"]) if "bytes" in summary else prev.bytes,
-                "completed_at": _str(get(job, "status", "completionTime")) or prev.completed_at,
-            }
-        )
-        detail = f" (revision {revision})" if revision else ""
-        return CacheState(DOWNLOADED, f"weights cached in {claim_name}{detail}", ready=True, info=info)
-    if is_true(job, "Failed"):
-        failure = job_failure(job, observed.job_pods)
-        return CacheState(failure.reason, failure.message, phase="Failed", failure=failure, info=info)
-    problem = pod_problem(observed.job_pods)
-    # A WaitForFirstConsumer claim stays Pending until the Job's pod is scheduled: a pod that cannot be
-    # is the problem to report, unless the scheduler itself is waiting for the claim.
-    if claim_pending and (problem is None or UNBOUND_CLAIMS in problem.message):
-        msg = f"PersistentVolumeClaim {claim_name} is Pending (waiting for a volume)"
-        return CacheState(PVC_PENDING, msg, info=info)
-    if problem is not None:
-        # A token Secret the kubelet cannot find needs someone to create it (Failed); the pod waits for it
-        # and starts by itself once it exists. Everything else may pass (Degraded).
-        phase: Phase = "Failed" if problem.reason == SECRET_NOT_FOUND else "Degraded"
-        return CacheState(problem.reason, f"cache Job: {problem.message}", phase=phase, failure=problem, info=info)
-    msg = f"cache Job {get(job, 'metadata', 'name')} is running"
-    return CacheState(DOWNLOADING, msg, phase="Caching", info=info)
-
-
 def _cond(type_: ConditionType, ok: bool, reason: str, message: str) -> Condition:
     return Condition(type=type_, status="True" if ok else "False", reason=reason, message=short(message))
 
@@ -186,7 +86,7 @@ def _stamp(cond: Condition, previous: ImageModelStatus, generation: int, now: st
 def derive_status(seen: Observation, *, previous: ImageModelStatus, now: str) -> ImageModelStatus:
     """The whole status from one reconcile's observations; ``previous`` keeps times and learned facts."""
     spec = seen.spec
-    desired = spec.replicas if spec is not None else 0
+    desired = spec.desired_replicas if spec is not None else 0
     ready = int(get(seen.children.deployment, "status", "readyReplicas") or 0)
     cache: CacheStatus | None = None
     if seen.refused is not None or spec is None or seen.cache is None:
@@ -205,6 +105,7 @@ def derive_status(seen: Observation, *, previous: ImageModelStatus, now: str) ->
         replicas=desired,
         ready_replicas=ready,
         ready=f"{ready}/{desired}",
+        selector=names.selector_string(seen.name),
         cache=cache,
         last_failure=last_failure(verdict.failure, previous.last_failure, now),
         conditions=tuple(_stamp(c, previous, seen.generation, now) for c in verdict.conditions),
@@ -237,8 +138,19 @@ def _rejected(verdict: _Verdict, rejected: Failure) -> _Verdict:
 
 
 def _serving(spec: ImageModelSpec, cache: CacheState, observed: Observed, ready: int) -> _Verdict:
-    desired = spec.replicas
-    if not cache.ready:
+    verdict = _pods(spec, cache, observed, ready)
+    failure = cache.failure
+    if not cache.serves or failure is None or verdict.phase == "Failed":
+        return verdict
+    # New weights could not be fetched while an older copy serves: the model keeps serving it, Degraded.
+    replaced = {"Ready": _cond("Ready", False, failure.reason, failure.message),
+                "Degraded": _cond("Degraded", True, failure.reason, failure.message)}  # fmt: skip
+    return _Verdict("Degraded", tuple(replaced.get(c.type, c) for c in verdict.conditions), failure)
+
+
+def _pods(spec: ImageModelSpec, cache: CacheState, observed: Observed, ready: int) -> _Verdict:
+    desired = spec.desired_replicas
+    if not cache.serves:
         failure = cache.failure
         degraded = (
             _cond("Degraded", True, failure.reason, failure.message)
@@ -252,10 +164,10 @@ def _serving(spec: ImageModelSpec, cache: CacheState, observed: Observed, ready:
             degraded,
         )
         return _Verdict(cache.phase, conditions, failure)
-    cache_cond = _cond("CacheReady", True, cache.reason, cache.message)
+    cache_cond = _cond("CacheReady", cache.failure is None, cache.reason, cache.message)
     not_degraded = _cond("Degraded", False, AS_EXPECTED, "")
     if desired == 0:
-        msg = "spec.replicas is 0"
+        msg = "scaled to zero by the autoscaler; a request wakes it" if spec.autoscaling else "spec.replicas is 0"
         conditions = (
             cache_cond,
             _cond("Available", False, SCALED_TO_ZERO, msg),

@@ -2,8 +2,9 @@
 SelfSubjectAccessReview): what the operator and router need is allowed, everything else is denied.
 
 The allowed rows are exactly the rules the chart renders (checked both ways), and they are the calls
-kubediffusion/operator (kube.py, reconcile.py, kopf) and kubediffusion/router (kube_discovery.py:
-ImageModels and inference Pods) make. Neither may read a Secret: the kubelet resolves a model's token
+kubediffusion/operator (kube.py, reconcile.py, the autoscaler, kopf) and kubediffusion/router
+(kube_discovery.py: ImageModels and inference Pods; waking a model at zero through its scale
+subresource) make. Neither may read a Secret: the kubelet resolves a model's token
 Secret for the cache Job's pod.
 """
 
@@ -45,6 +46,7 @@ def _rows(verbs: str, group: str, resource: str, namespace: str = "<watched>") -
 OPERATOR_ALLOWED = [
     *_rows("get list watch patch", "kubediffusion.io", "imagemodels"),
     *_rows("patch", "kubediffusion.io", "imagemodels/status"),
+    *_rows("patch", "kubediffusion.io", "imagemodels/scale"),  # the autoscaler
     *_rows("update", "kubediffusion.io", "imagemodels/finalizers"),
     *_rows("get create patch", "", "persistentvolumeclaims"),
     *_rows("get create patch", "", "services"),
@@ -56,11 +58,14 @@ OPERATOR_ALLOWED = [
 ROUTER_ALLOWED = [
     *_rows("list watch", "kubediffusion.io", "imagemodels"),
     *_rows("list watch", "", "pods"),
+    *_rows("get patch", "kubediffusion.io", "imagemodels/scale"),  # wakes a model at zero replicas
 ]
 # Things neither may do: writes they do not make, reads of other kinds, other namespaces, the cluster.
 COMMON_DENIED = [
     *_rows("create update delete deletecollection", "kubediffusion.io", "imagemodels"),
     *_rows("update", "kubediffusion.io", "imagemodels/status"),
+    *_rows("update", "kubediffusion.io", "imagemodels/scale"),
+    *_rows("patch", "kubediffusion.io", "imagemodels/scale", OTHER),
     *_rows("get list watch", "", "secrets"),
     *_rows("create update patch delete", "", "secrets"),
     *_rows("get list", "", "configmaps"),
@@ -92,11 +97,12 @@ COMMON_DENIED = [
 ]
 OPERATOR_DENIED = [
     *COMMON_DENIED,
+    *_rows("get", "kubediffusion.io", "imagemodels/scale"),
     *_rows("list watch", "discovery.k8s.io", "endpointslices"),
 ]
 ROUTER_DENIED = [
     *COMMON_DENIED,
-    *[a for a in OPERATOR_ALLOWED if a not in ROUTER_ALLOWED],  # the router only reads, and not everything
+    *[a for a in OPERATOR_ALLOWED if a not in ROUTER_ALLOWED],  # the router reads (and wakes models), no more
     *_rows("list watch", "discovery.k8s.io", "endpointslices"),
     *_rows("get", "", "pods"),
 ]

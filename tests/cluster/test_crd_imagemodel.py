@@ -14,7 +14,14 @@ from kubernetes import client
 from lightkube import Client, KubeConfig
 
 from kubediffusion.imagemodel.names import FIELD_MANAGER
-from kubediffusion.imagemodel.status import CacheStatus, Condition, ImageModelStatus, LastFailure
+from kubediffusion.imagemodel.status import (
+    AutoscalingStatus,
+    CacheCopy,
+    CacheStatus,
+    Condition,
+    ImageModelStatus,
+    LastFailure,
+)
 from kubediffusion.operator.kube import RESOURCES, Kube, KubeError
 from tests.cluster.operator_fixture import create_model, get_model, raw
 from tests.support.fixtures import Cluster
@@ -90,6 +97,20 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("preset bad name", with_spec(presets={"Bad Name": {"prompt": "{prompt}"}}), "spec.presets"),
     ("bad pipeline", with_spec(pipeline="rm -rf"), "spec.pipeline"),
     ("duplicate aliases", with_spec(aliases=["a", "a"]), "spec.aliases[1]"),
+    (
+        "autoscaling min above max",
+        with_spec(autoscaling={"minReplicas": 3, "maxReplicas": 2}),
+        "spec.autoscaling.minReplicas",
+    ),
+    ("autoscaling without max", with_spec(autoscaling={"minReplicas": 0}), "spec.autoscaling.maxReplicas"),
+    ("replicas and autoscaling", with_spec(replicas=2, autoscaling={"maxReplicas": 3}), "spec.replicas"),
+    (
+        "per-node cache of a pvc",
+        with_spec(source={"pvc": {"claimName": "c"}}, cache={"mode": "perNode"}),
+        "spec.cache.mode",
+    ),
+    ("bad cache mode", with_spec(cache={"mode": "everywhere"}), "spec.cache.mode"),
+    ("bad swap", with_spec(cache={"swap": "inPlace"}), "spec.cache.swap"),
     ("name too long", named("m" * 60), "metadata.name"),
     ("wrong type", with_spec(replicas="two"), "spec.replicas"),
 ]
@@ -163,13 +184,19 @@ FULL_STATUS = ImageModelStatus(
     replicas=2,
     ready_replicas=1,
     ready="1/2",
+    selector="kubediffusion.io/model=m,app.kubernetes.io/component=inference",
     cache=CacheStatus(
         claim_name="im-m-cache",
-        path="/models/model",
+        path="/models/0123456789abcdef",
         key="0123456789abcdef",
         revision="deadbeef",
         bytes=123456789012,
         completed_at="2026-01-01T00:00:00Z",
+        pending=CacheCopy(key="fedcba9876543210", path="/models/fedcba9876543210"),
+        retiring=CacheCopy(key="0011223344556677", path="/models/model"),
+    ),
+    autoscaling=AutoscalingStatus(
+        desired_replicas=2, load=3.25, reason="ScaleUp", message="load 3.2", last_scale_time="2026-01-01T00:00:09Z"
     ),
     last_failure=LastFailure(
         reason="ContainerRestarted", message="exit 137", exit_code=137, time="2026-01-01T00:00:05Z"
@@ -191,15 +218,19 @@ FULL_STATUS = ImageModelStatus(
 def test_the_typed_status_is_stored_whole_and_a_field_left_out_is_removed(
     api_client: client.ApiClient, namespace: str, imagemodel_crd: str, kube: Kube
 ) -> None:
-    create_model(api_client, namespace, "m", VALID["spec"])
+    # spec.replicas set: the API server cannot GET /scale of a model without it (docs/autoscaling.md).
+    create_model(api_client, namespace, "m", {**VALID["spec"], "replicas": 2})
     kube.apply_status(namespace, "m", FULL_STATUS.wire())
     stored = (get_model(api_client, namespace, "m") or {})["status"]
     assert stored == FULL_STATUS.wire(), "a wire name the schema does not know would be pruned"
     assert ImageModelStatus.parse(stored) == FULL_STATUS
+    scale = raw(api_client, "GET", f"/apis/kubediffusion.io/v1alpha1/namespaces/{namespace}/imagemodels/m/scale")[1]
+    assert scale["status"] == {"replicas": 2, "selector": FULL_STATUS.selector}, "what an HPA reads"
 
     assert FULL_STATUS.cache is not None and FULL_STATUS.last_failure is not None
     smaller = FULL_STATUS.model_copy(
         update={
+            "autoscaling": None,
             "cache": CacheStatus(claim_name="im-m-cache", path="/models/model", key="fedcba9876543210"),
             "last_failure": FULL_STATUS.last_failure.model_copy(update={"exit_code": None}),
             "conditions": FULL_STATUS.conditions[:3],
@@ -209,6 +240,7 @@ def test_the_typed_status_is_stored_whole_and_a_field_left_out_is_removed(
     stored = (get_model(api_client, namespace, "m") or {})["status"]
     assert stored == smaller.wire()
     assert set(stored["cache"]) == {"claimName", "path", "key"} and "exitCode" not in stored["lastFailure"]
+    assert "autoscaling" not in stored
     assert [c["type"] for c in stored["conditions"]] == ["CacheReady", "Available", "Ready"]
 
 
@@ -228,3 +260,50 @@ def test_the_gateway_maps_api_answers(
     # No Secret through the gateway at all: the kubelet resolves a model's token Secret (test_chart_rbac.py
     # checks the operator's ServiceAccount cannot read one either).
     assert "Secret" not in RESOURCES and not hasattr(kube, "secret_key_exists")
+
+
+def _scale(api: client.ApiClient, namespace: str, name: str, replicas: int) -> tuple[int, Any]:
+    """What `kubectl scale im/NAME --replicas=N` sends: a merge patch of the scale subresource."""
+    path = f"/apis/kubediffusion.io/v1alpha1/namespaces/{namespace}/imagemodels/{name}/scale"
+    return raw(api, "PATCH", path, {"spec": {"replicas": replicas}}, content_type="application/merge-patch+json")
+
+
+def _patch_spec(api: client.ApiClient, namespace: str, name: str, spec: dict[str, Any]) -> tuple[int, Any]:
+    path = f"/apis/kubediffusion.io/v1alpha1/namespaces/{namespace}/imagemodels/{name}"
+    return raw(api, "PATCH", path, {"spec": spec}, content_type="application/merge-patch+json")
+
+
+def test_scale_writes_to_an_autoscaled_model_pass_within_its_bounds_and_a_manifest_may_not_set_both(
+    api_client: client.ApiClient, namespace: str, imagemodel_crd: str
+) -> None:
+    # The autoscaler (and a router waking a model) write spec.replicas through /scale on a model with
+    # spec.autoscaling: both are then set, which a manifest may not do on create.
+    auto = {"source": {"tiny": {}}, "autoscaling": {"minReplicas": 0, "maxReplicas": 2}}
+    create_model(api_client, namespace, "auto", auto)
+    status, answer = _scale(api_client, namespace, "auto", 1)
+    assert status == 200 and answer["spec"]["replicas"] == 1, answer
+    assert (get_model(api_client, namespace, "auto") or {})["spec"]["replicas"] == 1
+    status, answer = _scale(api_client, namespace, "auto", 3)
+    assert status == 422 and "minReplicas..maxReplicas" in answer["message"], answer
+    # Bounds may move under the replicas the autoscaler set (it follows at its next decision) ...
+    assert _patch_spec(api_client, namespace, "auto", {"autoscaling": {"maxReplicas": 1}})[0] == 200
+    assert _patch_spec(api_client, namespace, "auto", {"autoscaling": {"minReplicas": 1}})[0] == 200
+    # ... but a write of replicas outside them is refused, whoever sends it.
+    status, answer = _patch_spec(api_client, namespace, "auto", {"replicas": 0})
+    assert status == 422 and "minReplicas..maxReplicas" in answer["message"], answer
+
+    # A model with replicas may not gain autoscaling while keeping them; dropping them in the same edit is fine.
+    create_model(api_client, namespace, "fixed", {"source": {"tiny": {}}, "replicas": 2})
+    status, answer = _patch_spec(api_client, namespace, "fixed", {"autoscaling": {"maxReplicas": 3}})
+    assert status == 422 and "cannot both be set" in answer["message"], answer
+    status, answer = _patch_spec(api_client, namespace, "fixed", {"replicas": None, "autoscaling": {"maxReplicas": 3}})
+    assert status == 200, answer
+    # kubectl scale works on any model; the scale subresource reads the selector the operator writes.
+    assert _scale(api_client, namespace, "fixed", 2)[0] == 200
+    plain = create_model(api_client, namespace, "plain", {"source": {"tiny": {}}})
+    assert "replicas" not in plain["spec"], "no schema default: a manifest without replicas stays without"
+    assert _scale(api_client, namespace, "plain", 4)[0] == 200
+    code, scale = raw(
+        api_client, "GET", f"/apis/kubediffusion.io/v1alpha1/namespaces/{namespace}/imagemodels/plain/scale"
+    )
+    assert code == 200 and scale["spec"]["replicas"] == 4 and scale["kind"] == "Scale"

@@ -418,13 +418,33 @@ def test_the_resolved_revision_of_an_old_source_disappears_from_status(
     def refetching() -> dict[str, Any] | None:
         model = get_model(api_client, namespace, "revised") or {}
         status = model.get("status") or {}
-        key = (status.get("cache") or {}).get("key")
-        return model if status.get("observedGeneration") == 2 and key and key != old_cache["key"] else None
+        pending = (status.get("cache") or {}).get("pending") or {}
+        return (
+            model
+            if status.get("observedGeneration") == 2 and pending.get("key") not in (None, old_cache["key"])
+            else None
+        )
 
+    # Side by side: until the new copy is complete, status.cache is the copy that serves, plus the pending one.
     model = wait_for(refetching, timeout=60, interval=0.3, message="status of the new source")
-    cache = model["status"]["cache"]
-    assert "revision" not in cache and "bytes" not in cache and "completedAt" not in cache, cache
+    assert model["status"]["cache"]["revision"] == "sha256:abc123"
     assert model["status"]["source"] == "https://models.example/v2.tar.gz"
+    new_key = model["status"]["cache"]["pending"]["key"]
+    pod = wait_for(
+        lambda: [p for p in list_objects(api_client, pods_path, "job-name=im-revised-cache")
+                 if p["metadata"]["uid"] != pod["metadata"]["uid"]],
+        timeout=30, message="the new cache Job's pod",
+    )[0]  # fmt: skip
+    _report_exit(api_client, namespace, pod, 0, json.dumps({"source": "url:v2", "revision": "sha256:def456"}))
+
+    def revised_again() -> dict[str, Any] | None:
+        model = get_model(api_client, namespace, "revised") or {}
+        cache = (model.get("status") or {}).get("cache") or {}
+        return model if cache.get("key") == new_key else None
+
+    cache = wait_for(revised_again, timeout=60, interval=0.3, message="the new copy")["status"]["cache"]
+    # The old copy's details are gone, not merged into the new one's (its summary had no bytes).
+    assert cache["revision"] == "sha256:def456" and "bytes" not in cache and "pending" not in cache, cache
 
 
 def test_a_spec_the_api_server_refuses_to_apply_degrades_the_model_and_keeps_it_serving(

@@ -194,6 +194,6 @@ def test_the_download_policy_reaches_fetch_model_and_refuses_what_it_can_see(
     job = wait_for(lambda: _kids(api_client, namespace, "mirrored")["job"], timeout=30, message="cache Job")[0]
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[4:] == [
-        "--url", "http://mirror.models.example/sd.tar.gz", "--allow-http", "--allow-network", "10.20.0.0/16",
-        "--allow-host", "*.models.example", "--max-bytes", "3Gi",
+        "--prune", "--url", "http://mirror.models.example/sd.tar.gz", "--allow-http", "--allow-network",
+        "10.20.0.0/16", "--allow-host", "*.models.example", "--max-bytes", "3Gi",
     ]  # fmt: skip

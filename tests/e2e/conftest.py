@@ -27,6 +27,18 @@ from tests.support.fixtures import Cluster
 # The e2e models download archives over plain http from servers on 127.0.0.1: the opt-ins a cluster with
 # an internal plain-http mirror would set (the operator and fetch-model refuse both by default).
 DOWNLOADS = {"KD_OPERATOR_DOWNLOAD_ALLOW_HTTP": "true", "KD_OPERATOR_DOWNLOAD_ALLOWED_NETWORKS": "127.0.0.1/32"}
+# The autoscaler samples every second over a 2 s window, and finds "router replicas" by these labels in the
+# stack's namespace (tests/e2e/test_elastic.py runs one as a pod; the e2e router itself is a local process).
+ROUTER_POD_LABELS = {"app.kubernetes.io/component": "router", "kubediffusion.io/e2e-router": "true"}
+
+
+def autoscaler_env(namespace: str) -> dict[str, str]:
+    return {
+        "KD_OPERATOR_AUTOSCALE_INTERVAL_SECONDS": "1",
+        "KD_OPERATOR_AUTOSCALE_WINDOW_SECONDS": "2",
+        "KD_OPERATOR_ROUTER_NAMESPACE": namespace,
+        "KD_OPERATOR_ROUTER_SELECTOR": ",".join(f"{k}={v}" for k, v in ROUTER_POD_LABELS.items()),
+    }
 
 
 def runner_pod_cidr() -> str:
@@ -61,7 +73,9 @@ def e2e_stack(
     core.create_namespace({"metadata": {"name": ns, "labels": {"kubediffusion.io/test": "true"}}})
     workdir = tmp_path_factory.mktemp(f"e2e-{module}")
     operator = OperatorProcess(
-        control_plane.kubeconfig, workdir / "operator.log", env={"KD_OPERATOR_NAMESPACE": ns, **DOWNLOADS}
+        control_plane.kubeconfig,
+        workdir / "operator.log",
+        env={"KD_OPERATOR_NAMESPACE": ns, **DOWNLOADS, **autoscaler_env(ns)},
     ).start()
     router = RouterProcess(control_plane.kubeconfig, ns, workdir).start()
     try:

@@ -2,9 +2,10 @@
 
 The local control plane has no container runtime. This runner registers one node (``runner-0``,
 tainted so only pods that tolerate it land there: tests/e2e/runner_node.py) and does for its pods what a
-kubelet would: it gives each pod an IP from a loopback range, starts the first container's command with
-the pod's env, maps volumes to local directories, reports status (Running, Ready from the readiness
-probe, restarts, exit codes and termination messages), and stops the process when the pod is deleted.
+kubelet would: it gives each pod an IP from a loopback range, runs its init containers one after the
+other and then the first container's command with the pod's env, maps volumes to local directories,
+reports status (Running, Ready from the readiness probe, restarts, exit codes and termination messages:
+tests/e2e/podstatus.py), and stops the process when the pod is deleted.
 
 Env ``valueFrom.secretKeyRef`` is resolved as the kubelet resolves it: a Secret or key that does not
 exist (and is not optional) keeps the container from starting, waiting with reason
@@ -13,7 +14,8 @@ stands for the ENV an image sets (by image reference), under the pod's own env.
 
 Path mapping: a process cannot see ``/models``, so every env value or argument that starts with a volume
 mount path is rewritten to the local directory backing that volume (PVCs use the test provisioner's
-directories, emptyDirs a per-pod temp dir), and ``0.0.0.0`` (listen on the pod's address) becomes the
+directories, as does a generic ephemeral volume: the claim ``<pod>-<volume>`` Kubernetes makes for it;
+emptyDirs a per-pod temp dir), and ``0.0.0.0`` (listen on the pod's address) becomes the
 pod IP. The container's ``terminationMessagePath`` is mapped to a per-pod file the same way.
 """
 
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import datetime as dt
 import ipaddress
 import logging
 import os
@@ -32,7 +33,6 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,41 +41,18 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.e2e import runner_node
+from tests.e2e.podstatus import InitContainer, RunningPod, now, pod_status
 from tests.e2e.runner_node import NODE_NAME
 from tests.support.provisioner import claim_directory
 
 log = logging.getLogger(__name__)
 
 RESTART_BACKOFF_SECONDS = 1.0
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class ContainerConfigError(Exception):
     """What the kubelet reports as CreateContainerConfigError (the container is not started, and retried)."""
-
-
-@dataclass
-class RunningPod:
-    namespace: str
-    name: str
-    uid: str
-    ip: str
-    spec: Any
-    workdir: Path
-    process: subprocess.Popen[bytes] | None = None
-    restart_count: int = 0
-    started_at: str = ""
-    ready: bool = False
-    finished: bool = False
-    last_exit: dict[str, Any] | None = None
-    next_start: float = 0.0
-    mounts: dict[str, Path] = field(default_factory=dict)
-    last_report: str = ""
-    config_error: str = ""  # why the container cannot start yet (CreateContainerConfigError)
-    admitted_at: str = field(default_factory=_now)  # the pod's startTime, as a kubelet sets it once
 
 
 class PodRunner:
@@ -169,10 +146,13 @@ class PodRunner:
             ip=next(self._addresses),
             spec=pod.spec,
             workdir=workdir,
+            inits=[InitContainer() for _ in pod.spec.init_containers or []],
         )
         for volume in pod.spec.volumes or []:
             if volume.persistent_volume_claim is not None:
                 path = claim_directory(self.volume_root, running.namespace, volume.persistent_volume_claim.claim_name)
+            elif volume.ephemeral is not None:  # the claim Kubernetes made from the template: <pod>-<volume>
+                path = claim_directory(self.volume_root, running.namespace, f"{running.name}-{volume.name}")
             else:  # emptyDir and anything else: private to the pod
                 path = workdir / "volumes" / volume.name
             path.mkdir(parents=True, exist_ok=True)
@@ -192,27 +172,47 @@ class PodRunner:
                 pod.next_start = time.monotonic() + RESTART_BACKOFF_SECONDS
         elif process is not None and process.poll() is not None:
             code = process.returncode if process.returncode >= 0 else 128 - process.returncode  # as runtimes do
-            pod.last_exit = {
+            exited = {
                 "exitCode": code,
                 "reason": "Completed" if code == 0 else "Error",
                 "message": self._termination_message(pod),
                 "startedAt": pod.started_at,
-                "finishedAt": _now(),
+                "finishedAt": now(),
             }
             pod.process = None
+            index = pod.current_init()
+            if index is not None:
+                self._init_exited(pod, pod.inits[index], exited, restart_policy)
+                self._report(pod)
+                return
+            pod.last_exit = exited
             pod.ready = False
             if restart_policy == "Never" or (restart_policy == "OnFailure" and code == 0):
                 pod.finished = True
             else:
                 pod.restart_count += 1
                 pod.next_start = time.monotonic() + RESTART_BACKOFF_SECONDS
-        elif process is not None:
+        elif process is not None and pod.current_init() is None:
             pod.ready = self._probe_ready(pod)
         self._report(pod)
 
+    @staticmethod
+    def _init_exited(pod: RunningPod, init: InitContainer, exited: dict[str, Any], restart_policy: str) -> None:
+        """The next container starts after a clean exit; a failed one is retried, or fails the pod (Never)."""
+        if exited["exitCode"] == 0:
+            init.done = exited
+            pod.next_start = 0.0
+        elif restart_policy == "Never":
+            init.last_exit = exited
+            pod.finished = True
+        else:
+            init.last_exit = exited
+            init.restart_count += 1
+            pod.next_start = time.monotonic() + RESTART_BACKOFF_SECONDS
+
     # processes -----------------------------------------------------------------------------------
     def _container(self, pod: RunningPod) -> Any:
-        return pod.spec.containers[0]
+        return pod.container()
 
     def _rewrite(self, pod: RunningPod, value: str) -> str:
         container = self._container(pod)
@@ -231,6 +231,8 @@ class PodRunner:
             "HOME": str(pod.workdir),
             "TMPDIR": str(pod.workdir),
             "PYTHONUNBUFFERED": "1",
+            # The image's code is this checkout, whatever the venv's (editable) install points at.
+            "PYTHONPATH": str(REPO_ROOT),
             **self.image_env.get(container.image or "", {}),
         }
         for var in container.env or []:
@@ -276,12 +278,16 @@ class PodRunner:
         if argv and argv[0] == "kubediffusion":  # the image's entry point, from this checkout's venv
             argv = [sys.executable, "-m", "kubediffusion.cli", *argv[1:]]
         (pod.workdir / "termination-log").unlink(missing_ok=True)
-        log_file = open(pod.workdir / f"container-{pod.restart_count}.log", "wb")  # noqa: SIM115
+        index = pod.current_init()
+        log_name = f"container-{pod.restart_count}.log"
+        if index is not None:
+            log_name = f"init-{container.name}-{pod.inits[index].restart_count}.log"
+        log_file = open(pod.workdir / log_name, "wb")  # noqa: SIM115
         pod.process = subprocess.Popen(
             argv, env=env, cwd=pod.workdir, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
         )
         log_file.close()
-        pod.started_at = _now()
+        pod.started_at = now()
         log.info("started pod %s/%s at %s: %s", pod.namespace, pod.name, pod.ip, " ".join(argv))
 
     def _kill(self, pod: RunningPod) -> None:
@@ -303,7 +309,7 @@ class PodRunner:
         return path.read_text()[:4096] if path.exists() else ""
 
     def _probe_ready(self, pod: RunningPod) -> bool:
-        container = self._container(pod)
+        container = pod.spec.containers[0]
         probe = container.readiness_probe
         if probe is None or probe.http_get is None:
             return True
@@ -318,47 +324,7 @@ class PodRunner:
 
     # status --------------------------------------------------------------------------------------
     def _report(self, pod: RunningPod) -> None:
-        container = self._container(pod)
-        if pod.finished and pod.last_exit is not None:
-            phase = "Succeeded" if pod.last_exit["exitCode"] == 0 else "Failed"
-            state: dict[str, Any] = {"terminated": pod.last_exit}
-        elif pod.process is not None:
-            phase, state = "Running", {"running": {"startedAt": pod.started_at}}
-        elif pod.config_error:
-            waiting = {"reason": "CreateContainerConfigError", "message": pod.config_error}
-            phase, state = "Running" if pod.restart_count else "Pending", {"waiting": waiting}
-        else:
-            reason = "CrashLoopBackOff" if pod.restart_count else "ContainerCreating"
-            phase, state = "Running" if pod.restart_count else "Pending", {"waiting": {"reason": reason}}
-        status_word = "True" if pod.ready else "False"
-        container_status: dict[str, Any] = {
-            "name": container.name,
-            "image": container.image or "",
-            "imageID": "",
-            "ready": pod.ready,
-            "restartCount": pod.restart_count,
-            "started": pod.process is not None,
-            "state": state,
-            "containerID": f"process://{pod.process.pid}" if pod.process else "",
-        }
-        if pod.last_exit is not None and not pod.finished:
-            container_status["lastState"] = {"terminated": pod.last_exit}
-        status = {
-            "status": {
-                "phase": phase,
-                "hostIP": "127.0.0.1",
-                "podIP": pod.ip,
-                "podIPs": [{"ip": pod.ip}],
-                "startTime": pod.admitted_at,
-                "conditions": [
-                    {"type": "PodScheduled", "status": "True"},
-                    {"type": "Initialized", "status": "True"},
-                    {"type": "ContainersReady", "status": status_word},
-                    {"type": "Ready", "status": status_word},
-                ],
-                "containerStatuses": [container_status],
-            }
-        }
+        status = pod_status(pod)
         key = repr(status)
         if pod.last_report == key:
             return

@@ -37,9 +37,14 @@ tests/cluster/test_chart_rbac.py.
 - apiGroups: [kubediffusion.io]
   resources: [imagemodels]
   verbs: [get, list, watch, patch]
-# Phase, conditions, endpoint (merge patch of the status subresource).
+# Phase, conditions, endpoint, and the autoscaler's status.autoscaling (server-side apply of the status
+# subresource).
 - apiGroups: [kubediffusion.io]
   resources: [imagemodels/status]
+  verbs: [patch]
+# The autoscaler writes spec.replicas through the scale subresource, as `kubectl scale` does.
+- apiGroups: [kubediffusion.io]
+  resources: [imagemodels/scale]
   verbs: [patch]
 # Children carry owner references with blockOwnerDeletion, which needs this where the
 # OwnerReferencesPermissionEnforcement admission plugin is enabled.
@@ -58,7 +63,8 @@ tests/cluster/test_chart_rbac.py.
   resources: [jobs]
   verbs: [get, create, patch, delete]
 # Model and cache pods: listed by label to tell ImagePullBackOff, Unschedulable and exit codes apart,
-# and watched so a crash or a finished cache Job shows in the model's status at once.
+# and watched so a crash or a finished cache Job shows in the model's status at once. The autoscaler
+# lists the ready model pods (and the router pods, when they run in this namespace) to scrape them.
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch]
@@ -66,4 +72,14 @@ tests/cluster/test_chart_rbac.py.
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+{{- end }}
+
+{{/* The router pods' label selector, k=v,k=v (the operator's KD_OPERATOR_ROUTER_SELECTOR). */}}
+{{- define "kubediffusion.operator.routerSelector" -}}
+{{- $labels := include "kubediffusion.router.selectorLabels" . | fromYaml }}
+{{- $terms := list }}
+{{- range $key := keys $labels | sortAlpha }}
+{{- $terms = append $terms (printf "%s=%s" $key (get $labels $key)) }}
+{{- end }}
+{{- join "," $terms }}
 {{- end }}

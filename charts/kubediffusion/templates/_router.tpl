@@ -65,4 +65,9 @@ signing-key
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch]
+# A model at zero replicas is woken by asking for one through its scale subresource (read, then write
+# with that resourceVersion): the router's only write, and to nothing but spec.replicas.
+- apiGroups: [kubediffusion.io]
+  resources: [imagemodels/scale]
+  verbs: [get, patch]
 {{- end }}

@@ -23,8 +23,14 @@ def _openapi_schema() -> dict[str, Any]:
     return schema
 
 
-def test_examples_cover_sdxl_turbo_sdxl_base_sd15_and_a_cpu_tiny_model() -> None:
-    assert {p.stem for p in EXAMPLES} == {"sdxl-turbo", "sdxl-base", "sd15", "tiny-cpu"}
+def test_examples_cover_sdxl_turbo_sdxl_base_sd15_an_elastic_model_and_a_cpu_tiny_model() -> None:
+    assert {p.stem for p in EXAMPLES} == {"sdxl-turbo", "sdxl-base", "sd15", "tiny-cpu", "sdxl-turbo-elastic"}
+
+
+def test_the_elastic_example_scales_to_zero_on_a_shareable_cache_with_room_for_a_swap() -> None:
+    spec = ImageModelSpec.from_body(yaml.safe_load((EXAMPLES_DIR / "sdxl-turbo-elastic.yaml").read_text()))
+    assert spec.autoscaling is not None and spec.autoscaling.min_replicas == 0 and spec.replicas is None
+    assert spec.cache.access_mode == "ReadWriteMany" and spec.cache.swap == "sideBySide"
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)

@@ -47,7 +47,7 @@ def test_default_install_is_namespace_scoped_with_roles_not_cluster_roles(defaul
     assert kinds == sorted([
         "CustomResourceDefinition", "ServiceAccount", "ServiceAccount", "Role", "Role", "RoleBinding",
         "RoleBinding", "Deployment", "Deployment", "Service", "Secret", "Secret", "PersistentVolumeClaim",
-        "NetworkPolicy", "NetworkPolicy", "NetworkPolicy",
+        "NetworkPolicy", "NetworkPolicy", "NetworkPolicy", "NetworkPolicy",
     ])  # fmt: skip
     for doc in default_docs:
         if doc["kind"] != "CustomResourceDefinition":
@@ -76,10 +76,20 @@ def test_all_namespaces_switches_to_cluster_roles_and_empty_watch_namespace(cust
 
 def test_watch_namespace_puts_the_roles_and_policies_there(helm: Helm) -> None:
     docs = helm.template({"watch": {"namespace": "models"}})
+
+    def main(kind: str) -> list[Manifest]:
+        return [d for d in by_kind(docs, kind) if not d["metadata"]["name"].endswith("-routers")]
+
     for kind in ("Role", "RoleBinding", "NetworkPolicy"):
-        assert {d["metadata"]["namespace"] for d in by_kind(docs, kind)} == {"models"}, kind
+        assert {d["metadata"]["namespace"] for d in main(kind)} == {"models"}, kind
     for binding in by_kind(docs, "RoleBinding"):
         assert binding["subjects"][0]["namespace"] == "kd-system"
+    # The routers stay in the release namespace: the operator may list their pods there, and only that.
+    routers = one(docs, "Role", "-operator-routers")
+    assert routers["metadata"]["namespace"] == "kd-system"
+    assert routers["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]
+    assert one(docs, "RoleBinding", "-operator-routers")["roleRef"]["name"] == routers["metadata"]["name"]
+    assert not [d for d in helm.template({}) if d["metadata"]["name"].endswith("-routers")], "not when they share one"
     env = container_env(one(docs, "Deployment", "-operator")["spec"]["template"]["spec"], "operator")
     assert env["KD_OPERATOR_NAMESPACE"] == "models"
 
@@ -124,6 +134,15 @@ def test_operator_env_is_exactly_what_its_settings_read(
         assert settings.namespace == "kd-system" and settings.resync_seconds == 60
         assert settings.inference_image == "ghcr.io/kubediffusion/kubediffusion-inference:0.1.0"
         assert settings.allowed_images == [] and settings.download == DownloadPolicy(), "https only, any image"
+    # The autoscaler finds the router pods by the chart's own selector labels, in the release namespace.
+    router = one(docs, "Deployment", "-router")
+    assert settings.router_namespace == router["metadata"]["namespace"]
+    assert (
+        settings.router_labels
+        and settings.router_labels.items() <= router["spec"]["template"]["metadata"]["labels"].items()
+    )
+    assert settings.router_labels == router["spec"]["selector"]["matchLabels"]
+    assert settings.autoscale_interval_seconds == 5 and settings.metrics_concurrency == 16
 
 
 @pytest.mark.parametrize("values", [{}, NON_DEFAULT], ids=["default", "custom"])
@@ -224,13 +243,16 @@ def test_network_policies_let_only_the_router_reach_model_pods(default_docs: lis
     assert selects(ingress, inference_pod) and selects(ingress, cache_pod)
     assert ingress["spec"]["policyTypes"] == ["Ingress"]
     (rule,) = ingress["spec"]["ingress"]
-    (peer,) = rule["from"]
+    peer, scraper = rule["from"]  # the router, and the operator's autoscaler reading /metrics
     router_labels = one(default_docs, "Deployment", "-router")["spec"]["template"]["metadata"]["labels"]
     assert peer["podSelector"]["matchLabels"].items() <= router_labels.items()
     assert peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "kd-system"}}
     assert rule["ports"] == [{"protocol": "TCP", "port": operator_names.PORT}]
     operator_labels = one(default_docs, "Deployment", "-operator")["spec"]["template"]["metadata"]["labels"]
     assert not peer["podSelector"]["matchLabels"].items() <= operator_labels.items()
+    assert scraper["podSelector"]["matchLabels"].items() <= operator_labels.items()
+    assert not scraper["podSelector"]["matchLabels"].items() <= router_labels.items()
+    assert scraper["namespaceSelector"] == peer["namespaceSelector"]
 
     serving = one(default_docs, "NetworkPolicy", "-inference-egress")
     assert selects(serving, inference_pod) and not selects(serving, cache_pod)
@@ -242,11 +264,23 @@ def test_network_policies_let_only_the_router_reach_model_pods(default_docs: lis
     ports = sorted(p["port"] for rule in cache["spec"]["egress"] for p in rule["ports"])
     assert ports == [53, 53, 443], "https only by default"
 
+    # A perNode model pod downloads in its init container: it gets the cache Jobs' egress, other model pods do not.
+    per_node_pod = {**inference_pod, operator_names.DOWNLOADS_LABEL: "true"}
+    downloads = one(default_docs, "NetworkPolicy", "-per-node-download-egress")
+    assert selects(downloads, per_node_pod) and not selects(downloads, inference_pod)
+    assert not selects(downloads, cache_pod)
+    assert downloads["spec"]["egress"] == cache["spec"]["egress"]
+
 
 def _download_egress(docs: list[Manifest]) -> tuple[list[dict[str, Any]], list[int]]:
-    """(peers, TCP ports) of the cache Jobs' download rule (the one that is not DNS)."""
-    policies = [p for p in by_kind(docs, "NetworkPolicy") if p["metadata"]["name"].endswith("-cache-job-egress")]
-    assert policies and all(p["spec"] == policies[0]["spec"] for p in policies), "the same in every model namespace"
+    """(peers, TCP ports) of the download rule (the one that is not DNS) of cache Jobs and perNode pods."""
+    policies = [
+        p
+        for p in by_kind(docs, "NetworkPolicy")
+        if p["metadata"]["name"].endswith(("-cache-job-egress", "-per-node-download-egress"))
+    ]
+    same = all(p["spec"]["egress"] == policies[0]["spec"]["egress"] for p in policies)
+    assert policies and same, "the same in every model namespace, for cache Jobs and perNode pods alike"
     dns, download = policies[0]["spec"]["egress"]
     assert "to" not in dns and sorted((p["protocol"], p["port"]) for p in dns["ports"]) == [("TCP", 53), ("UDP", 53)]
     assert {p["protocol"] for p in download["ports"]} == {"TCP"}

@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel
 
 from kubediffusion.imagemodel.resource import API_VERSION, KIND, PLURAL
-from kubediffusion.imagemodel.spec import ImageModelSpec
+from kubediffusion.imagemodel.spec import Autoscaling, ImageModelSpec
 
 ROOT = Path(__file__).resolve().parents[3]
 CRD = yaml.safe_load((ROOT / "crds" / "imagemodel.yaml").read_text())
@@ -26,7 +26,14 @@ def test_names_follow_the_contract() -> None:
     assert (names["kind"], names["plural"], names["shortNames"]) == (KIND, PLURAL, ["im"])
     assert CRD["spec"]["scope"] == "Namespaced"
     assert f"{CRD['spec']['group']}/{VERSION['name']}" == API_VERSION
-    assert VERSION["subresources"] == {"status": {}}
+    assert VERSION["subresources"] == {
+        "status": {},
+        "scale": {
+            "specReplicasPath": ".spec.replicas",
+            "statusReplicasPath": ".status.replicas",
+            "labelSelectorPath": ".status.selector",
+        },
+    }
 
 
 def test_printer_columns() -> None:
@@ -51,6 +58,7 @@ def _aliases(model: type[BaseModel]) -> set[str]:
         (("resources",), ImageModelSpec.model_fields["resources"].annotation),
         (("cache",), ImageModelSpec.model_fields["cache"].annotation),
         (("serving",), ImageModelSpec.model_fields["serving"].annotation),
+        (("autoscaling",), Autoscaling),
     ],
 )
 def test_schema_and_typed_spec_have_the_same_fields(path: tuple[str, ...], model: Any) -> None:
@@ -86,6 +94,9 @@ def test_status_conditions_are_a_map_keyed_by_type() -> None:
     [
         ((), "ImageModelStatus"),
         (("cache",), "CacheStatus"),
+        (("cache", "pending"), "CacheCopy"),
+        (("cache", "retiring"), "CacheCopy"),
+        (("autoscaling",), "AutoscalingStatus"),
         (("lastFailure",), "LastFailure"),
         (("conditions", "items"), "Condition"),
     ],
@@ -108,3 +119,20 @@ def test_schema_and_typed_status_have_the_same_phases_and_condition_statuses() -
     assert properties["phase"]["enum"] == list(get_args(status.Phase))
     condition_status = status.Condition.model_fields["status"].annotation
     assert properties["conditions"]["items"]["properties"]["status"]["enum"] == list(get_args(condition_status))
+
+
+def test_spec_enums_match_the_typed_spec() -> None:
+    from kubediffusion.imagemodel.spec import AccessMode, CacheMode, SwapMode
+
+    cache = SCHEMA["properties"]["spec"]["properties"]["cache"]["properties"]
+    assert cache["mode"]["enum"] == list(get_args(CacheMode))
+    assert cache["swap"]["enum"] == list(get_args(SwapMode))
+    assert cache["accessMode"]["enum"] == list(get_args(AccessMode))
+
+
+def test_the_scale_subresource_paths_exist_in_the_schema() -> None:
+    # A path the schema does not declare would be pruned: /scale would then always read 0.
+    properties = SCHEMA["properties"]
+    assert properties["spec"]["properties"]["replicas"]["type"] == "integer"
+    assert properties["status"]["properties"]["replicas"]["type"] == "integer"
+    assert properties["status"]["properties"]["selector"]["type"] == "string"

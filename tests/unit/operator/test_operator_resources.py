@@ -52,7 +52,7 @@ def restricted_violations(pod_spec: dict[str, Any]) -> list[str]:
     psc = pod_spec.get("securityContext", {})
     if psc.get("seccompProfile", {}).get("type") not in ("RuntimeDefault", "Localhost"):
         out.append("pod seccompProfile")
-    for c in pod_spec["containers"]:
+    for c in [*pod_spec.get("initContainers", []), *pod_spec["containers"]]:
         sc = c.get("securityContext", {})
         if sc.get("allowPrivilegeEscalation") is not False:
             out.append(f"{c['name']}: allowPrivilegeEscalation")
@@ -64,7 +64,7 @@ def restricted_violations(pod_spec: dict[str, Any]) -> list[str]:
             out.append(f"{c['name']}: privileged")
     for v in pod_spec.get("volumes", []):
         kinds = set(v) - {"name"}
-        if not kinds <= {"persistentVolumeClaim", "emptyDir", "configMap", "secret", "projected"}:
+        if not kinds <= {"persistentVolumeClaim", "ephemeral", "emptyDir", "configMap", "secret", "projected"}:
             out.append(f"volume {v['name']}: {kinds}")
     if pod_spec.get("hostNetwork") or pod_spec.get("hostPID") or pod_spec.get("hostIPC"):
         out.append("host namespaces")
@@ -78,6 +78,7 @@ def restricted_violations(pod_spec: dict[str, Any]) -> list[str]:
         {"source": {"url": "https://models.example/sdxl.tar.gz"}, "resources": {"gpus": 2}},
         {"source": {"tiny": {}}, "resources": {"gpus": 0}},
         {"source": {"pvc": {"claimName": "shared", "path": "sdxl"}}},
+        {"source": {"url": "https://models.example/sdxl.tar.gz"}, "cache": {"mode": "perNode"}},
     ],
 )
 def test_every_pod_passes_the_restricted_pod_security_standard(raw: dict[str, Any]) -> None:
@@ -95,15 +96,17 @@ def test_every_pod_passes_the_restricted_pod_security_standard(raw: dict[str, An
 @pytest.mark.parametrize(
     ("raw", "claim", "model_dir", "has_pvc", "has_job"),
     [
-        (HF, "im-sdxl-cache", "/models/model", True, True),
-        ({**HF, "cache": {"existingClaim": "mine"}}, "mine", "/models/model", False, True),
+        (HF, "im-sdxl-cache", "KEY", True, True),
+        ({**HF, "cache": {"existingClaim": "mine"}}, "mine", "KEY", False, True),
         ({"source": {"pvc": {"claimName": "shared", "path": "sdxl"}}}, "shared", "/models/sdxl", False, False),
         ({"source": {"pvc": {"claimName": "shared"}}}, "shared", "/models", False, False),
-        ({"source": {"tiny": {}}}, "im-sdxl-cache", "/models/model", True, True),
+        ({"source": {"tiny": {}}}, "im-sdxl-cache", "KEY", True, True),
     ],
 )
 def test_cache_volume_per_source(raw: dict[str, Any], claim: str, model_dir: str, has_pvc: bool, has_job: bool) -> None:
     spec = parse(raw)
+    # A downloaded source has a directory of its own (KEY: /models/<cache key>), so a new one goes beside it.
+    model_dir = names.cache_dir(spec.source.cache_key()) if model_dir == "KEY" else model_dir
     assert cache_volume(spec, OWNER.name).claim_name == claim
     assert (build_cache_pvc(spec, OWNER) is not None) is has_pvc
     assert (build_cache_job(spec, ctx(spec)) is not None) is has_job
@@ -144,8 +147,9 @@ def test_cache_job_runs_fetch_model_for_the_source(source: dict[str, Any], args_
     assert job is not None
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["kubediffusion", "fetch-model"]
-    assert container["args"][:4] == ["--dest", "/models/model", "--termination-log", "/dev/termination-log"]
-    assert container["args"][4:] == args_tail
+    dest = names.cache_dir(spec.source.cache_key())
+    assert container["args"][:5] == ["--dest", dest, "--termination-log", "/dev/termination-log", "--prune"]
+    assert container["args"][5:] == args_tail
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
     assert job["metadata"]["ownerReferences"] == [OWNER.reference()]
 
@@ -182,7 +186,7 @@ def test_cache_job_passes_the_download_policy_and_the_volume_size_to_url_downloa
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[len(args) - len(tail) :] == tail
     if spec.source.url is not None and not spec.source.url.startswith("s3://"):
-        assert args[4:6] == ["--url", spec.source.url] and len(args) == 6 + len(tail)
+        assert args[5:7] == ["--url", spec.source.url] and len(args) == 7 + len(tail)
 
 
 def test_fetch_model_reads_the_policy_the_operator_passes() -> None:
@@ -350,6 +354,7 @@ GOLDEN_CASES = {
     "huggingface": {**HF, "resources": {"profile": "nvidia-l4"}, "aliases": ["dall-e-2"]},
     "tiny-cpu": {"source": {"tiny": {}}, "resources": {"gpus": 0}, "cache": {"retainOnDelete": False, "size": "1Gi"}},
     "url": {"source": {"url": "https://models.example/sdxl.tar.gz"}, "cache": {"size": "40Gi"}},
+    "per-node": {"source": {"url": "https://models.example/sdxl.tar.gz"}, "cache": {"mode": "perNode", "size": "40Gi"}},
 }
 GOLDEN_POLICY = DownloadPolicy(allowed_networks=("10.20.0.0/16",), allowed_hosts=("models.example",))
 

@@ -115,3 +115,37 @@ def test_bad_settings_exit_2_with_the_field_named(
     with pytest.raises(SystemExit) as exit_:
         main(["--no-such-flag"])
     assert exit_.value.code == 2
+
+
+def test_autoscaler_settings_from_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ENV:
+        monkeypatch.delenv(name, raising=False)
+    defaults = parse([])
+    assert (defaults.autoscale_interval_seconds, defaults.autoscale_window_seconds) == (5, 30)
+    assert (defaults.metrics_timeout_seconds, defaults.metrics_concurrency) == (2, 16)
+    assert defaults.router_labels == {}, "no routers: demand from the model pods alone"
+    monkeypatch.setenv(
+        "KD_OPERATOR_ROUTER_SELECTOR", "app.kubernetes.io/component=router, app.kubernetes.io/instance=kd"
+    )
+    monkeypatch.setenv("KD_OPERATOR_ROUTER_NAMESPACE", "kd-system")
+    monkeypatch.setenv("KD_OPERATOR_AUTOSCALE_INTERVAL_SECONDS", "1")
+    settings = parse(["--autoscale-window-seconds", "10", "--metrics-concurrency", "4"])
+    assert settings.router_labels == {"app.kubernetes.io/component": "router", "app.kubernetes.io/instance": "kd"}
+    assert settings.router_namespace == "kd-system" and settings.autoscale_interval_seconds == 1
+    assert (settings.autoscale_window_seconds, settings.metrics_concurrency) == (10, 4)
+    assert parse(["--autoscale-interval-seconds", "0"]).autoscale_interval_seconds == 0, "0 turns it off"
+
+
+@pytest.mark.parametrize("selector", ["app!=router", "app", "app==router,x", "=router"])
+def test_a_router_selector_takes_equality_terms_only(selector: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--router-selector", selector]) == 2
+    assert "router_selector" in capsys.readouterr().err
+
+
+def test_every_setting_is_in_the_contracts_doc() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "contracts.md").read_text()
+    for name in OperatorSettings.model_fields:
+        assert f"`{name.upper()}`" in doc or f"`{name.upper()} " in doc, name
+        assert f"--{name.replace('_', '-')}" in doc, name

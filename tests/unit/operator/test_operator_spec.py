@@ -25,7 +25,9 @@ def test_minimal_huggingface_spec_gets_documented_defaults() -> None:
     spec = parse({"source": {"huggingface": {"repo": "stabilityai/sdxl-turbo"}}})
     assert spec.source.kind == "huggingface"
     assert spec.source.huggingface is not None and spec.source.huggingface.revision == "main"
-    assert spec.replicas == 1 and spec.pipeline == "auto" and spec.cache.retain_on_delete is True
+    assert spec.replicas is None and spec.desired_replicas == 1, "absent: 1 (and /scale reads 0 until set)"
+    assert spec.pipeline == "auto" and spec.cache.retain_on_delete is True
+    assert (spec.cache.mode, spec.cache.swap, spec.autoscaling) == ("shared", "sideBySide", None)
     assert spec.effective_defaults == GenerationDefaults()
     assert spec.effective_dtype(gpus=1) == "float16"
     assert spec.effective_dtype(gpus=0) == "float32"
@@ -141,3 +143,31 @@ def test_partial_defaults_and_limits_overlay_the_base() -> None:
     spec = parse({"source": {"tiny": {}}, "defaults": {"steps": 3}, "limits": {"maxN": 2}})
     assert spec.effective_defaults.size == "64x64" and spec.effective_defaults.steps == 3
     assert spec.effective_limits.max_size == 256 and spec.effective_limits.max_n == 2
+
+
+def test_autoscaling_defaults_and_the_replicas_it_starts_from() -> None:
+    spec = parse({"source": {"tiny": {}}, "autoscaling": {"maxReplicas": 3}})
+    auto = spec.autoscaling
+    assert auto is not None and (auto.min_replicas, auto.max_replicas) == (1, 3)
+    assert (auto.scale_down_delay_seconds, auto.idle_seconds_before_zero) == (300, 600)
+    assert spec.desired_replicas == 1 and spec.target_images_per_replica == spec.serving.max_batch_size
+    to_zero = parse({"source": {"tiny": {}}, "autoscaling": {"minReplicas": 0, "maxReplicas": 2,
+                                                                "targetImagesPerReplica": 2}})  # fmt: skip
+    assert to_zero.desired_replicas == 0 and to_zero.target_images_per_replica == 2
+    scaled = parse({"source": {"tiny": {}}, "replicas": 2, "autoscaling": {"minReplicas": 0, "maxReplicas": 2}})
+    assert scaled.desired_replicas == 2, "the autoscaler's /scale write wins over minReplicas"
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"autoscaling": {"minReplicas": 3, "maxReplicas": 2}}, "autoscaling"),
+        ({"autoscaling": {"minReplicas": 0}}, "autoscaling.maxReplicas"),
+        ({"cache": {"mode": "perNode", "existingClaim": "c"}}, "cache.mode"),
+        ({"cache": {"swap": "inPlace"}}, "cache.swap"),
+    ],
+)
+def test_unservable_elastic_specs_name_the_field(spec: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidSpecError) as err:
+        parse({"source": {"tiny": {}}, **spec})
+    assert err.value.field == field

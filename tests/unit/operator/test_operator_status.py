@@ -20,7 +20,9 @@ def parse(spec: dict[str, Any]) -> ImageModelSpec:
     return ImageModelSpec.from_body({"spec": spec})
 
 
-HF = parse({"source": {"huggingface": {"repo": "a/b"}}, "replicas": 2})
+# Shareable, so that two replicas on two nodes are fine and CacheReady keeps its download reason
+# (a ReadWriteOnce cache with two replicas is CacheNotShareable: test_a_read_write_once_cache_...).
+HF = parse({"source": {"huggingface": {"repo": "a/b"}}, "replicas": 2, "cache": {"accessMode": "ReadWriteMany"}})
 PVC_SOURCE = parse({"source": {"pvc": {"claimName": "shared"}}})
 
 
@@ -552,11 +554,27 @@ def test_a_new_source_drops_the_cache_details_of_the_old_one() -> None:
     )
     old = derive(HF, done)
     assert old.cache is not None and old.cache.revision == "deadbeef"
-    other = parse({"source": {"huggingface": {"repo": "a/c"}}, "replicas": 2})
+    # scaleToZero (nothing serves meanwhile): the new source's cache has none of the old one's details.
+    other = parse({"source": {"huggingface": {"repo": "a/c"}}, "replicas": 2, "cache": {"swap": "scaleToZero"}})
     new = derive(other, st.Observed(claim=claim(), job=job(), job_pods=[pod()]), previous=old)
     assert new.cache is not None and new.cache.key != old.cache.key
     # The applied status simply has no such field: server-side apply removes what we stop applying.
     assert set(new.wire()["cache"]) == {"claimName", "path", "key"}
+    # Side by side, the old copy's details are those of the copy that serves until the new one is complete ...
+    beside = parse({"source": {"huggingface": {"repo": "a/c"}}, "replicas": 2})
+    swapping = derive(beside, st.Observed(claim=claim(), job=job(), job_pods=[pod()]), previous=old)
+    assert swapping.cache is not None and swapping.cache.revision == "deadbeef" and swapping.cache.pending
+    # ... and gone once it is (only where it lies stays, as retiring, until the pods have left it).
+    summary = '{"revision":"cafe"}'
+    done = st.Observed(
+        claim=claim(), job=job("Complete"), job_pods=[pod(phase="Succeeded", terminated_message=summary)]
+    )
+    swapped = derive(beside, done, previous=swapping)
+    assert swapped.wire()["cache"] == {
+        **{k: v for k, v in swapped.wire()["cache"].items() if k in ("claimName", "path", "key", "completedAt")},
+        "revision": "cafe",
+        "retiring": {"key": old.cache.key, "path": old.cache.path},
+    }
     pvc = derive(PVC_SOURCE, st.Observed(claim=claim(), deployment=deployment(1, replicas=1), pods=[pod()]), old)
     assert pvc.wire()["cache"] == {"claimName": "shared", "path": "/models"}
 
