@@ -5,7 +5,8 @@ Modules, each small and named for what it does:
     settings.py        RouterSettings (env prefix KD_ROUTER_); RouterFlags, the part that is also CLI flags
     app.py             create_app(settings, discovery=..., transport=...): assembles state, routes, middleware
     state.py           RouterState: what one app owns (discovery, balancer, keys, limiters, signer, store,
-                       metrics, forwarder) and its lifespan (the shared httpx client, discovery, sweeper)
+                       metrics, holds and waker, forwarder) and its lifespan (the shared httpx client,
+                       discovery, sweeper)
     deps.py            FastAPI dependencies: StateDep, SettingsDep, AuthenticatedCaller, RateLimitedCaller
     routes/            one APIRouter per group: health.py, models.py, metadata.py, images.py (the request
                        flow), stored.py (images by id, signed files), legacy.py (the older /imagine API)
@@ -18,6 +19,9 @@ Modules, each small and named for what it does:
     modelinfo.py       publisher / family / version, explicit or derived from a Hugging Face repo id
     discovery.py       the Discovery protocol + StaticDiscovery (YAML file)
     kube_discovery.py  KubernetesDiscovery: watches ImageModels and their inference Pods (lightkube, asyncio)
+    holding.py         scale from zero: requests for a model waking from zero wait (bounded) for its first pod
+    wakeup.py          Waker: one request for one replica per wake-up of a model at zero, retried with backoff
+    kube_scaler.py     KubeScaler: that request, a write of the ImageModel's scale subresource (the one write)
     balancer.py        least-requests-in-flight, passive ejection of unreachable pods
     forwarding.py      Forwarder: bounded retries on other pods, any image path; streams the pod's bytes
     signing.py         HMAC-SHA256 signed, expiring image links

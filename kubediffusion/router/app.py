@@ -26,6 +26,7 @@ from kubediffusion.router.routes import health, images, legacy, metadata, models
 from kubediffusion.router.settings import RouterSettings
 from kubediffusion.router.state import RouterState, default_discovery
 from kubediffusion.router.storage import FilesystemStore, ImageStore
+from kubediffusion.router.wakeup import Scaler
 
 
 def create_app(
@@ -34,9 +35,11 @@ def create_app(
     discovery: Discovery | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     store: ImageStore | None = None,
+    scaler: Scaler | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> FastAPI:
-    """The router app. ``transport`` replaces the network for the upstream client (tests);
+    """The router app. ``transport`` replaces the network for the upstream client (tests); ``scaler``
+    wakes models at zero (tests; default: through the API server with Kubernetes discovery);
     ``clock`` drives rate limits and pod ejection (tests)."""
     settings = settings or RouterSettings()
     state = RouterState(
@@ -44,6 +47,7 @@ def create_app(
         discovery=discovery or default_discovery(settings),
         store=store or FilesystemStore(settings.storage_dir),
         transport=transport,
+        scaler=scaler,
         clock=clock,
     )
     app = FastAPI(

@@ -27,12 +27,15 @@ class Lease:
 
     endpoint: str
     _balancer: Balancer = field(repr=False)
+    _on_release: Callable[[], None] | None = field(default=None, repr=False)
     _released: bool = False
 
     def release(self) -> None:
         if not self._released:
             self._released = True
             self._balancer._done(self.endpoint)
+            if self._on_release is not None:
+                self._on_release()
 
 
 class Balancer:
@@ -55,9 +58,10 @@ class Balancer:
         self._state(best).last_pick = next(self._counter)
         return best
 
-    def acquire(self, endpoint: str) -> Lease:
+    def acquire(self, endpoint: str, on_release: Callable[[], None] | None = None) -> Lease:
+        """Count one request on ``endpoint`` until the lease is released; ``on_release`` is called then."""
         self._state(endpoint).in_flight += 1
-        return Lease(endpoint, self)
+        return Lease(endpoint, self, on_release)
 
     def eject(self, endpoint: str) -> None:
         self._state(endpoint).ejected_until = self._clock() + self._eject_seconds

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -28,15 +29,21 @@ from kubediffusion.router.routing import CAPABILITIES, Capability, ModelEntry, R
 log = logging.getLogger(__name__)
 
 
+Listener = Callable[[RoutingTable], None]
+
+
 @runtime_checkable
 class Discovery(Protocol):
     """Keeps a routing table current. ``start`` returns quickly; ``synced`` turns true after the first
-    complete view (the router's /readyz waits for it)."""
+    complete view (the router's /readyz waits for it). Listeners (``subscribe``) are called on the event
+    loop with each new table, once it is in place (requests held for a model wait for them: holding.py)."""
 
     @property
     def synced(self) -> bool: ...
 
     def table(self) -> RoutingTable: ...
+
+    def subscribe(self, listener: Listener) -> None: ...
 
     async def start(self) -> None: ...
 
@@ -70,6 +77,15 @@ class StaticModel(ModelSpecFields):
     family: str | None = Field(default=None, min_length=1, max_length=200)
     version: str | None = Field(default=None, min_length=1, max_length=200)
     supports: tuple[Capability, ...] = CAPABILITIES
+
+
+def notify(listeners: Iterable[Listener], table: RoutingTable) -> None:
+    """Tell every listener; one that fails is logged and does not keep the others (or discovery) from going on."""
+    for listener in listeners:
+        try:
+            listener(table)
+        except Exception:
+            log.exception("a routing table listener failed")
 
 
 def parse_static_config(data: Any) -> RoutingTable:
@@ -113,6 +129,7 @@ class StaticDiscovery:
         self._path = path
         self._table = table if table is not None else RoutingTable()
         self._synced = table is not None
+        self._listeners: list[Listener] = []
 
     @property
     def synced(self) -> bool:
@@ -121,8 +138,12 @@ class StaticDiscovery:
     def table(self) -> RoutingTable:
         return self._table
 
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
     def set_table(self, table: RoutingTable) -> None:
         self._table = table
+        notify(self._listeners, table)
 
     async def start(self) -> None:
         if self._path is not None:

@@ -1,11 +1,11 @@
 """One request's exchange with a pod, the same for every image endpoint (generations, edits,
 variations, and the older ``/imagine/generate``): forward the validated body, watch for the client
 leaving, and turn the pod's answer into the client's (:mod:`.delivery`, :mod:`.streaming`, or the pod's
-own error as is).
+own error as is). A request for a model waking from zero waits for its pod first (:mod:`.holding`).
 
 A client that goes away while its pod works has its pod request closed too, so the pod drops it from
-its queue; it is counted as 499. Each request is counted once in ``kubediffusion_router_requests_total``
-by :class:`Tally`, whatever ends it.
+its queue (one whose request still waits for a pod leaves that wait); it is counted as 499. Each
+request is counted once in ``kubediffusion_router_requests_total`` by :class:`Tally`, whatever ends it.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from kubediffusion.api.errors import CLIENT_CLOSED_REQUEST, APIError, InvalidReq
 from kubediffusion.api.events import SSE_MEDIA_TYPE
 from kubediffusion.router.delivery import Delivery, deliver
 from kubediffusion.router.deps import StateDep
+from kubediffusion.router.forwarding import Upstream
 from kubediffusion.router.metrics import RouterMetrics
 from kubediffusion.router.negotiation import OutputFormat
 from kubediffusion.router.relay import passthrough, public_base_url, upstream_headers
@@ -85,10 +86,8 @@ async def exchange(
 ) -> Response:
     """Forward ``pod`` and answer the client (see the module docstring)."""
     headers = upstream_headers(request, pod.content_type)
-    upstream = await await_unless_disconnected(
-        request, state.forwarder.forward(pod.entry, pod.body, headers, path=pod.path)
-    )
-    if upstream is None:  # the client went away: its pod request was closed, so the pod drops it
+    upstream = await await_unless_disconnected(request, send(state, pod, headers))
+    if upstream is None:  # the client went away: held, it left the queue; sent, its pod request was closed
         counter.answered(CLIENT_CLOSED_REQUEST)
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     counter.upstream_answered()
@@ -101,6 +100,12 @@ async def exchange(
         response = await deliver(upstream, delivery, state.keeper)
     counter.answered(response.status_code)
     return response
+
+
+async def send(state: RouterState, pod: PodRequest, headers: dict[str, str]) -> Upstream:
+    """To a ready pod of the model; a model waking from zero is waited for first (holding.py)."""
+    entry = await state.holds.ready(pod.entry)
+    return await state.forwarder.forward(entry, pod.body, headers, path=pod.path)
 
 
 def delivery_for(

@@ -118,6 +118,7 @@ class Forwarder:
         retry_read_timeouts: bool = False,
         no_endpoint_retry_after: int = 5,
         on_attempt: Callable[[str, str], None] | None = None,
+        on_sent: Callable[[ModelEntry], Callable[[], None]] | None = None,
     ) -> None:
         self._client = client
         self._balancer = balancer
@@ -125,6 +126,8 @@ class Forwarder:
         self._retry_read_timeouts = retry_read_timeouts
         self._no_endpoint_retry_after = no_endpoint_retry_after
         self._on_attempt = on_attempt or (lambda _model, _outcome: None)
+        # Counts a request in flight to a model (metrics.sent); what it returns runs when its lease is released.
+        self._on_sent = on_sent
 
     async def forward(
         self, model: ModelEntry, body: bytes, headers: Mapping[str, str], *, path: str = GENERATIONS_PATH
@@ -138,7 +141,7 @@ class Forwarder:
             if endpoint is None:
                 break
             tried.append(endpoint)
-            lease = self._balancer.acquire(endpoint)
+            lease = self._balancer.acquire(endpoint, self._on_sent(model) if self._on_sent is not None else None)
             request = self._client.build_request("POST", endpoint + path, content=body, headers=dict(headers))
             try:
                 response = await self._client.send(request, stream=True)

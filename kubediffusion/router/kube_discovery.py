@@ -4,7 +4,8 @@ Two watch loops run as asyncio tasks on one lightkube ``AsyncClient``; ``stop`` 
 
 * ImageModels (``kubediffusion.io/v1alpha1``): spec aliases/default/defaults/limits/presets, the
   Hugging Face repo of spec.source (a name requests may use; publisher, family and version are
-  derived from it unless spec.info sets them) and status.readyReplicas;
+  derived from it unless spec.info sets them), the replicas the spec asks for and whether it scales
+  to zero (scale from zero: holding.py), status.readyReplicas and status.phase;
 * Pods labelled ``app.kubernetes.io/component=inference`` and ``kubediffusion.io/model=<model>``
   (the labels of :mod:`kubediffusion.imagemodel.names`): a pod is an endpoint
   ``http://<status.podIP>:<container port named http>`` while it is Ready, has an IP and is not
@@ -19,7 +20,8 @@ resourceVersion with a server-side timeout, and re-watches from the last version
 that outlives its timeout by ``WATCH_GRACE_SECONDS`` is cut and re-watched too: its connection may
 have died without a word). A 410 Gone or any other error drops back to a fresh list (after a
 short backoff for errors). After every change the routing table is rebuilt from both snapshots and
-swapped in whole. ``synced`` is true once both have listed. Objects reach the pure functions below
+swapped in whole, and every listener (:meth:`KubernetesDiscovery.subscribe`) is told. ``synced`` is
+true once both have listed. Objects reach the pure functions below
 as plain dicts, as the API server sends them.
 """
 
@@ -42,6 +44,7 @@ from pydantic import ValidationError
 from kubediffusion.imagemodel.names import COMPONENT_LABEL, MODEL_LABEL, PORT, PORT_NAME
 from kubediffusion.imagemodel.resource import GROUP, KIND, PLURAL, VERSION
 from kubediffusion.imagemodel.spec import ImageModelSpec, InvalidSpecError
+from kubediffusion.router.discovery import notify
 from kubediffusion.router.modelinfo import ModelInfo, from_repo, tiny_info
 from kubediffusion.router.routing import ModelEntry, RoutingTable
 from kubediffusion.router.settings import RouterSettings
@@ -74,7 +77,7 @@ def model_entry(obj: dict[str, Any], endpoints: tuple[str, ...]) -> ModelEntry |
         log.warning("ImageModel %s/%s: unusable spec, not routed: %s", namespace, name, exc)
         return None
     status = obj.get("status") or {}
-    ready = status.get("readyReplicas")
+    ready, phase = status.get("readyReplicas"), status.get("phase")
     repo = spec.source.huggingface.repo if spec.source.huggingface is not None else None
     derived = tiny_info(spec.source.tiny.kind) if spec.source.tiny is not None else from_repo(repo)
     return ModelEntry(
@@ -88,6 +91,9 @@ def model_entry(obj: dict[str, Any], endpoints: tuple[str, ...]) -> ModelEntry |
         presets=dict(spec.presets),
         created=_timestamp(meta.get("creationTimestamp")),
         ready_replicas=ready if isinstance(ready, int) else 0,
+        desired_replicas=spec.desired_replicas,
+        scales_to_zero=spec.autoscaling is not None and spec.autoscaling.min_replicas == 0,
+        phase=phase if isinstance(phase, str) else None,
         repo=repo,
         info=explicit_info(obj, namespace, name).over(derived),
     )
@@ -186,7 +192,7 @@ class KubernetesDiscovery:
         self._client = client
         self._namespace = namespace or ALL_NS
         self._watch_timeout = watch_timeout_seconds
-        self._on_change = on_change
+        self._listeners: list[Callable[[RoutingTable], None]] = [on_change] if on_change is not None else []
         self._owns_client = owns_client
         self._sleep = sleep
         self._models: dict[Key, dict[str, Any]] = {}
@@ -210,6 +216,14 @@ class KubernetesDiscovery:
     @property
     def synced(self) -> bool:
         return self._listed >= {"models", "pods"}
+
+    @property
+    def client(self) -> AsyncClient:
+        """The API client it watches with; the router's one write (waking a model, kube_scaler.py) shares it."""
+        return self._client
+
+    def subscribe(self, listener: Callable[[RoutingTable], None]) -> None:
+        self._listeners.append(listener)
 
     def table(self) -> RoutingTable:
         return self._table
@@ -306,8 +320,7 @@ class KubernetesDiscovery:
         if table != self._table:
             self._table = table
             log.info("routing table: %s", ", ".join(f"{m.name}({len(m.endpoints)})" for m in table.models) or "empty")
-            if self._on_change is not None:
-                self._on_change(table)
+            notify(self._listeners, table)
 
 
 async def _as_dicts(objects: AsyncIterable[Any]) -> AsyncIterator[dict[str, Any]]:

@@ -1,10 +1,21 @@
-"""Prometheus metrics of one router app (own registry, so several apps can live in one process)."""
+"""Prometheus metrics of one router app (own registry, so several apps can live in one process).
+
+Two gauges are a contract with the operator's autoscaler (docs/contracts.md), per model and namespace:
+``kubediffusion_router_inflight_requests`` (sent to a pod of the model and not finished: from the
+forward until the pod's answer has been read, or its stream relayed, to the end or abandoned) and
+``kubediffusion_router_held_requests`` (waiting for a pod of a model that scales from zero).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from kubediffusion.router.routing import ModelEntry
+
+PER_MODEL = ("model", "namespace")
 
 
 @dataclass
@@ -40,3 +51,44 @@ class RouterMetrics:
         self.ready_endpoints = Gauge(
             "kubediffusion_router_ready_endpoints", "Ready pod endpoints, all models", registry=self.registry
         )
+        self.inflight = Gauge(
+            "kubediffusion_router_inflight_requests",
+            "Requests sent to a pod of the model and not finished (streams included)",
+            PER_MODEL,
+            registry=self.registry,
+        )
+        self.held = Gauge(
+            "kubediffusion_router_held_requests",
+            "Requests waiting for a pod of a model that scales from zero",
+            PER_MODEL,
+            registry=self.registry,
+        )
+        self.wakeups = Counter(
+            "kubediffusion_router_wakeups_total",
+            "Wake-ups of models at zero replicas, by outcome (scaled, awake: it had replicas already, failed)",
+            [*PER_MODEL, "outcome"],
+            registry=self.registry,
+        )
+        self.wake_duration = Histogram(
+            "kubediffusion_router_wake_seconds",
+            "From the first request held for a model at zero to its /scale write",
+            registry=self.registry,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+
+    def sent(self, model: ModelEntry) -> Callable[[], None]:
+        """One request more in flight to ``model``; call what it returns when it is finished (once)."""
+        gauge = self.inflight.labels(model=model.name, namespace=model.namespace)
+        gauge.inc()
+        return gauge.dec
+
+    def per_model(self, models: Iterable[ModelEntry]) -> None:
+        """Every known model gets its series (0 until used); series of models gone are dropped once at 0."""
+        known = {model.key for model in models}
+        for gauge in (self.inflight, self.held):
+            for namespace, name in known:
+                gauge.labels(model=name, namespace=namespace)
+            for sample in [s for metric in gauge.collect() for s in metric.samples]:
+                key = (sample.labels["namespace"], sample.labels["model"])
+                if key not in known and sample.value == 0:
+                    gauge.remove(sample.labels["model"], sample.labels["namespace"])

@@ -40,9 +40,27 @@ class ModelEntry:
     namespace: str = ""
     created: int = 0
     ready_replicas: int | None = None  # from the ImageModel's status; None = unknown (static)
+    desired_replicas: int | None = None  # spec.replicas (else autoscaling.minReplicas); None = unknown (static)
+    scales_to_zero: bool = False  # spec.autoscaling.minReplicas 0: requests wait for a pod (holding.py)
+    phase: str | None = None  # the ImageModel's status.phase
     repo: str | None = None  # the Hugging Face repo id of its weights, when they come from the Hub
     info: ModelInfo = field(default_factory=ModelInfo)  # publisher, family, version (see modelinfo.py)
     supports: frozenset[Capability] = frozenset(CAPABILITIES)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.namespace, self.name
+
+    @property
+    def at_zero(self) -> bool:
+        """Known to be scaled to zero (its spec asks for no pod); a static model never is."""
+        return self.desired_replicas == 0
+
+    @property
+    def holds_requests(self) -> bool:
+        """Whether a request waits for a pod to become ready instead of getting a 503 (see holding.py): the
+        model scales to zero, has no ready pod, and has not failed (a refused spec never gets one)."""
+        return self.scales_to_zero and not self.endpoints and self.phase != "Failed"
 
     def describe(self) -> dict[str, Any]:
         """The OpenAI model object plus our metadata, for ``GET /v1/models``."""
@@ -95,6 +113,7 @@ class RoutingTable:
                 owner = self._by_name.setdefault(alias, model)
                 if owner is not model:
                     log.warning("alias %r of model %r is already taken by %r; ignored", alias, model.name, owner.name)
+        self._by_key = {model.key: model for model in self.models}
         self._by_repo: dict[str, ModelEntry] = {}
         for model in self.models:  # several models may serve one repo (revisions, dtypes): the first wins
             if model.repo:
@@ -124,6 +143,10 @@ class RoutingTable:
         if entry is None:
             raise ModelNotFoundError(model)
         return entry
+
+    def find(self, namespace: str, name: str) -> ModelEntry | None:
+        """The model of that name in that namespace (not by alias), if it is in the table."""
+        return self._by_key.get((namespace, name))
 
     def __len__(self) -> int:
         return len(self.models)

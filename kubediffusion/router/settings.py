@@ -98,6 +98,11 @@ class RouterSettings(RouterFlags):
     eject_seconds: float = Field(default=5.0, ge=0)  # skip a pod this long after a connection failure
     no_endpoint_retry_after: int = Field(default=5, ge=1)  # Retry-After on 503 when no pod is ready
 
+    # Scale from zero (models with autoscaling.minReplicas 0, see holding.py): requests wait for a pod
+    max_held_requests: int = Field(default=64, ge=0)  # per model and router replica; more get 429 (bodies: memory)
+    hold_timeout_seconds: float = Field(default=600.0, gt=0)  # then 503; a GPU pod's cold start takes minutes
+    hold_retry_after: int = Field(default=30, ge=1)  # Retry-After of those 429s and 503s
+
     @field_validator("trusted_proxies", mode="before")
     @classmethod
     def _list_or_commas(cls, value: object) -> object:

@@ -24,12 +24,15 @@ from kubediffusion.router.balancer import Balancer
 from kubediffusion.router.delivery import Keeper
 from kubediffusion.router.discovery import Discovery, StaticDiscovery
 from kubediffusion.router.forwarding import Forwarder
+from kubediffusion.router.holding import Holds
 from kubediffusion.router.kube_discovery import KubernetesDiscovery
+from kubediffusion.router.kube_scaler import KubeScaler
 from kubediffusion.router.metrics import RouterMetrics
 from kubediffusion.router.ratelimit import FailureThrottle, RateLimiter
 from kubediffusion.router.settings import RouterSettings
 from kubediffusion.router.signing import URLSigner
 from kubediffusion.router.storage import ImageStore
+from kubediffusion.router.wakeup import Scaler, Waker
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +40,12 @@ SWEEP_INTERVAL_SECONDS = 300.0
 
 
 class RouterState:
-    """Discovery, balancer, keys, limiters, signer, store (and its keeper) and metrics; the upstream
-    client and the forwarder while the app runs.
+    """Discovery, balancer, keys, limiters, signer, store (and its keeper), metrics, the requests held for
+    models waking from zero (and the waker); the upstream client and the forwarder while the app runs.
 
-    ``transport`` replaces the network for the upstream client (tests); ``clock`` drives rate limits
-    and pod ejection (tests)."""
+    ``transport`` replaces the network for the upstream client (tests); ``scaler`` the API server for
+    waking models (tests; default: the Kubernetes discovery's client, none for static discovery);
+    ``clock`` drives rate limits and pod ejection (tests)."""
 
     def __init__(
         self,
@@ -50,6 +54,7 @@ class RouterState:
         discovery: Discovery,
         store: ImageStore,
         transport: httpx.AsyncBaseTransport | None = None,
+        scaler: Scaler | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
@@ -70,6 +75,17 @@ class RouterState:
         self.signer = URLSigner(signing_key(settings), ttl_seconds=settings.url_ttl_seconds)
         self.metrics = RouterMetrics()
         self.keeper = Keeper(store, self.signer, self.metrics)
+        scaler = scaler or default_scaler(discovery)
+        self.waker = Waker(scaler, table=discovery.table, metrics=self.metrics) if scaler is not None else None
+        self.holds = Holds(
+            table=discovery.table,
+            metrics=self.metrics,
+            waker=self.waker,
+            limit=settings.max_held_requests,
+            timeout=settings.hold_timeout_seconds,
+            retry_after=settings.hold_retry_after,
+        )
+        discovery.subscribe(self.holds.table_changed)
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._forwarder: Forwarder | None = None
@@ -105,6 +121,7 @@ class RouterState:
                 retry_read_timeouts=settings.retry_read_timeouts,
                 no_endpoint_retry_after=settings.no_endpoint_retry_after,
                 on_attempt=lambda model, outcome: self.metrics.upstream_attempts.labels(model, outcome).inc(),
+                on_sent=self.metrics.sent,
             )
             sweeper: asyncio.Task[None] | None = None
             try:
@@ -116,6 +133,9 @@ class RouterState:
                     sweeper.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await sweeper
+                self.holds.close()
+                if self.waker is not None:
+                    await self.waker.close()
                 await self.discovery.stop()
                 self._forwarder = self._client = None
 
@@ -150,6 +170,11 @@ def default_discovery(settings: RouterSettings) -> Discovery:
             raise ValueError("discovery=static needs KD_ROUTER_STATIC_CONFIG (a YAML file)")
         return StaticDiscovery(settings.static_config)
     return KubernetesDiscovery.from_settings(settings)
+
+
+def default_scaler(discovery: Discovery) -> Scaler | None:
+    """Models discovered in a cluster are woken through its API server; static ones never are."""
+    return KubeScaler(discovery.client) if isinstance(discovery, KubernetesDiscovery) else None
 
 
 def upstream_timeout(settings: RouterSettings) -> httpx.Timeout:

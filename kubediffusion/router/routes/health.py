@@ -31,4 +31,5 @@ async def prometheus(state: StateDep) -> Response:
     table = state.discovery.table()
     state.metrics.models.set(len(table))
     state.metrics.ready_endpoints.set(sum(len(m.endpoints) for m in table.models))
+    state.metrics.per_model(table.models)
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

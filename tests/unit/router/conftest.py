@@ -83,11 +83,12 @@ RouterFactory = Callable[..., Any]
 
 @pytest.fixture
 def router(tmp_path: Path, pods: FakePods, clock: FakeClock) -> RouterFactory:
-    """``async with router(models, **settings) as client`` -> an httpx client talking to the app."""
+    """``async with router(models, **settings) as client`` -> an httpx client talking to the app (``discovery``
+    and ``scaler`` replace the static table and the waker's API server)."""
 
     @asynccontextmanager
     async def make(
-        models: list[ModelEntry] | None = None, *, discovery: Any = None, **overrides: Any
+        models: list[ModelEntry] | None = None, *, discovery: Any = None, scaler: Any = None, **overrides: Any
     ) -> AsyncIterator[httpx.AsyncClient]:
         values: dict[str, Any] = dict(
             discovery="static",
@@ -100,7 +101,9 @@ def router(tmp_path: Path, pods: FakePods, clock: FakeClock) -> RouterFactory:
         settings = RouterSettings(**values)
         if discovery is None:
             discovery = StaticDiscovery(table=RoutingTable(models if models is not None else [model()]))
-        app = create_app(settings, discovery=discovery, transport=httpx.MockTransport(pods.handler), clock=clock)
+        app = create_app(
+            settings, discovery=discovery, transport=httpx.MockTransport(pods.handler), scaler=scaler, clock=clock
+        )
         async with (
             app.router.lifespan_context(app),
             httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as client,

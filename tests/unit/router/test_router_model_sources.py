@@ -173,6 +173,23 @@ def test_imagemodel_spec_fields_are_read_and_the_rest_ignored() -> None:
     assert entry.ready_replicas == 2 and entry.created == 1767323045 and entry.namespace == "default"
 
 
+def test_replicas_scale_to_zero_and_phase_are_read_for_holding_requests() -> None:
+    autoscaled = {"source": {"tiny": {}}, "autoscaling": {"minReplicas": 0, "maxReplicas": 2}}
+    unset = model_entry({**imagemodel("a", autoscaled, ready=0), "status": {"phase": "Pending"}}, ())
+    at_zero = model_entry(imagemodel("b", {**autoscaled, "replicas": 0}, ready=0), ())
+    woken = model_entry(imagemodel("c", {**autoscaled, "replicas": 1}, ready=0), ())
+    fixed = model_entry(imagemodel("d", {"source": {"tiny": {}}, "replicas": 0}, ready=0), ())
+    floor = model_entry(imagemodel("e", {"source": {"tiny": {}}, "autoscaling": {"maxReplicas": 2}}), ())
+    failed = model_entry({**imagemodel("f", autoscaled, ready=0), "status": {"phase": "Failed"}}, ())
+    assert unset is not None and (unset.desired_replicas, unset.scales_to_zero, unset.phase) == (0, True, "Pending")
+    assert unset.at_zero and unset.holds_requests
+    assert at_zero is not None and at_zero.at_zero and at_zero.holds_requests
+    assert woken is not None and not woken.at_zero and woken.holds_requests  # waking: still held, not woken again
+    assert fixed is not None and fixed.at_zero and not fixed.scales_to_zero and not fixed.holds_requests
+    assert floor is not None and floor.desired_replicas == 1 and not floor.scales_to_zero
+    assert failed is not None and failed.phase == "Failed" and not failed.holds_requests
+
+
 def test_tiny_source_gets_the_same_defaults_and_limits_as_its_pods() -> None:
     from kubediffusion.imagemodel.tiny import TINY_DEFAULTS, TINY_LIMITS
 
