@@ -77,7 +77,8 @@ def e2e_stack(
         workdir / "operator.log",
         env={"KD_OPERATOR_NAMESPACE": ns, **DOWNLOADS, **autoscaler_env(ns)},
     ).start()
-    router = RouterProcess(control_plane.kubeconfig, ns, workdir).start()
+    router_env = getattr(request.module, "ROUTER_ENV", None)  # a test module's own router settings
+    router = RouterProcess(control_plane.kubeconfig, ns, workdir, env=router_env).start()
     try:
         yield E2EStack(
             api=api_client, namespace=ns, operator=operator, router=router, runner=pod_runner, workdir=workdir

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ READY_TIMEOUT = 240.0
 class RouterProcess:
     """`kubediffusion router` with Kubernetes discovery of one namespace, on a free 127.0.0.1 port."""
 
-    def __init__(self, kubeconfig: Path, namespace: str, workdir: Path) -> None:
+    def __init__(self, kubeconfig: Path, namespace: str, workdir: Path, env: Mapping[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / "router.log"
@@ -46,6 +47,7 @@ class RouterProcess:
             "KD_ROUTER_WATCH_TIMEOUT_SECONDS": "10",
             "KD_ROUTER_RATE_LIMIT_RPS": "0",
             "KD_ROUTER_GLOBAL_RATE_LIMIT_RPS": "0",
+            **(env or {}),  # a test module's own router settings (its ROUTER_ENV)
         }
         self.process: subprocess.Popen[bytes] | None = None
 
