@@ -14,7 +14,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "operator": ("kubediffusion.operator.main", "run the ImageModel operator (kopf)"),
     "router": ("kubediffusion.router.main", "run the OpenAI-compatible router"),
     "inference": ("kubediffusion.inference.main", "run the model server for one model"),
-    "local": ("kubediffusion.local", "tiny model + inference + router on 127.0.0.1, no cluster"),
+    "local": ("kubediffusion.local", "a model (tiny, --model or --engine) + router on 127.0.0.1, no cluster"),
     "fetch-model": ("kubediffusion.fetch.main", "fill a model cache directory (cache Job)"),
     "tiny-model": ("kubediffusion.tinymodel", "write the random-weight smoke-test pipeline"),
 }

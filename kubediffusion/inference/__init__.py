@@ -8,7 +8,9 @@ Modules, one job each:
     routes/      APIRouters: images.py (POST /v1/images/generations), edits.py (POST /v1/images/edits and
                  /v1/images/variations), health.py (/health /readyz /metrics), models.py (/v1/models /info)
     batcher.py   bounded queue + dynamic batching in front of the single pipeline thread
-    backend.py   the ImageBackend Protocol the app needs (so tests can use a fake), ImageJob, EditInput
+    backend.py   the ImageBackend Protocol the app needs (so tests can use a fake), ImageJob, EditInput, EditUpload
+    engines/     the other engines (--engine): adapters in front of InvokeAI, ComfyUI, AUTOMATIC1111 or an
+                 OpenAI-compatible API, and the stub; the Engine Protocol and the runner (docs/engines/)
     pipeline.py  the diffusers backend: load from a local directory, derive image-to-image and inpainting
                  pipelines (from_pipe), generate (imports torch)
     inputs.py    uploaded images decoded, checked, resized; the inpainting mask derived
@@ -20,5 +22,7 @@ Modules, one job each:
     main.py      ``main(argv)``: settings -> uvicorn; exit 1 when the model cannot be loaded
 
 Only pipeline.py, previews.py and accel.py import torch/diffusers, and only inside functions, so the app can be
-imported and tested without them. The random-weight smoke-test pipeline is ``kubediffusion.tinymodel``.
+imported and tested without them; Pillow is imported only where images are decoded or encoded for diffusers,
+and psutil only by /info, optionally: the base install serves the adapters and the stub. The random-weight
+smoke-test pipeline is ``kubediffusion.tinymodel``.
 """

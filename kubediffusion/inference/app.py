@@ -15,7 +15,7 @@ from kubediffusion.api.bodylimit import BodyLimitMiddleware
 from kubediffusion.api.errors import install_error_handlers
 from kubediffusion.inference.backend import BackendLoader
 from kubediffusion.inference.routes import edits, health, images, models
-from kubediffusion.inference.server import InferenceServer
+from kubediffusion.inference.server import EngineFactory, InferenceServer
 from kubediffusion.inference.settings import InferenceSettings
 
 
@@ -24,9 +24,11 @@ def create_app(
     loader: BackendLoader | None = None,
     *,
     on_fatal: Callable[[str], None] | None = None,
+    engine_factory: EngineFactory | None = None,
 ) -> FastAPI:
-    """``loader`` defaults to the diffusers pipeline; ``on_fatal`` is called with the reason when loading fails."""
-    server = InferenceServer(settings, loader, on_fatal=on_fatal)
+    """``loader`` defaults to the diffusers pipeline, ``engine_factory`` to the engine ``settings.engine``
+    names; ``on_fatal`` is called with the reason when loading fails."""
+    server = InferenceServer(settings, loader, on_fatal=on_fatal, engine_factory=engine_factory)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -1,15 +1,18 @@
 """What the server needs from a model, as a small Protocol, so the app can be tested without torch.
 
 ``pipeline.DiffusersBackend`` is the real one; unit tests pass a fake. A backend is used from one
-thread only (the batcher's worker), so it need not be thread-safe.
+thread only (the batcher's worker), so it need not be thread-safe. The other engines (adapters in front
+of another engine, and the stub) are :class:`kubediffusion.inference.engines.base.Engine`: they take the
+same ``ImageJob`` but answer encoded images, and an edit reaches them as uploaded (``EditUpload``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from kubediffusion.api.edits import UploadedImage
 from kubediffusion.api.schema import GenerationParams
 
 if TYPE_CHECKING:
@@ -20,9 +23,10 @@ if TYPE_CHECKING:
 
 TaskKind = Literal["txt2img", "img2img", "inpaint"]
 
-PartialCallback = Callable[[int, int, "Image"], None]
+PartialCallback = Callable[[int, int, "Image | bytes"], None]
 """Called in the worker thread with (image index within the job, partial index, preview image); the
-preview may be smaller than the output (latent resolution): the receiver scales it."""
+preview may be smaller than the output (latent resolution): the receiver scales it. An engine that
+makes encoded images passes the preview's bytes, already at the output size and format."""
 
 
 @dataclass(frozen=True)
@@ -40,18 +44,38 @@ class EditInput:
 
 
 @dataclass(frozen=True)
+class EditUpload:
+    """The input of an edit for an engine that takes encoded images: the client's bytes, not decoded here.
+    ``mask`` is the explicit mask (alpha 0 = repainted) or None (image-to-image)."""
+
+    image: UploadedImage = field(compare=False)
+    mask: UploadedImage | None = field(compare=False)
+    strength: float
+
+    @property
+    def kind(self) -> TaskKind:
+        return "img2img" if self.mask is None else "inpaint"
+
+
+@dataclass(frozen=True)
 class ImageJob:
     """One request's share of a batch: its parameters and one seed per image (``len(seeds) == params.n``);
-    ``source`` for edits and variations; ``on_partial`` for streamed requests that want partial images."""
+    ``source`` for edits and variations (``upload`` instead for engines); ``on_partial`` for streamed
+    requests that want partial images; ``passthrough``, for engines, OpenAI's own fields the client set
+    (``quality``, ``user``, ...) that an OpenAI-compatible upstream can honour and the others ignore."""
 
     params: GenerationParams
     seeds: tuple[int, ...]
     source: EditInput | None = None
     on_partial: PartialCallback | None = field(default=None, compare=False)
+    upload: EditUpload | None = None
+    passthrough: tuple[tuple[str, Any], ...] = field(default=(), compare=False)
 
     @property
     def kind(self) -> TaskKind:
-        return "txt2img" if self.source is None else self.source.kind
+        if self.source is not None:
+            return self.source.kind
+        return "txt2img" if self.upload is None else self.upload.kind
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,11 @@ Rules (each has a unit test in tests/unit/inference/test_inference_batcher.py):
   that must know it was accepted before it answers 200) all or none: the queue-full rule counts them
   together, and a refusal queues nothing.
 - **One worker.** ``run`` executes in a single dedicated thread, so the event loop keeps answering
-  (``/health``) while a batch runs, and the pipeline is only ever touched by one thread.
+  (``/health``) while a batch runs, and the pipeline is only ever touched by one thread. A coroutine
+  function ``run`` (an engine adapter: its work is waiting on another server) is awaited in the event
+  loop instead, still one batch at a time.
+- **Failures.** ``run`` raising fails its whole batch; a result that is an exception instance fails
+  only its own item (an adapter's jobs are separate upstream calls).
 """
 
 from __future__ import annotations
@@ -29,13 +33,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import logging
 import math
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from kubediffusion.api.errors import QueueFullError, ServiceUnavailableError
 
@@ -59,7 +64,8 @@ class Batcher(Generic[T, R]):
 
     def __init__(
         self,
-        run: Callable[[list[T]], Sequence[R]],
+        run: Callable[[list[T]], Sequence[R | BaseException]]
+        | Callable[[list[T]], Awaitable[Sequence[R | BaseException]]],
         *,
         key: Callable[[T], Hashable],
         size: Callable[[T], int],
@@ -72,6 +78,7 @@ class Batcher(Generic[T, R]):
         if max_batch_size < 1 or max_queue < 1 or batch_window_s < 0:
             raise ValueError("max_batch_size and max_queue must be >= 1 and batch_window_s >= 0")
         self._run = run
+        self._run_in_loop = inspect.iscoroutinefunction(run)
         self._key = key
         self._size = size
         self.max_batch_size = max_batch_size
@@ -208,8 +215,14 @@ class Batcher(Generic[T, R]):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=remaining)
 
+    async def _call(self, items: list[T]) -> Sequence[R | BaseException]:
+        if self._run_in_loop:
+            awaitable = cast(Awaitable[Sequence[R | BaseException]], self._run(items))
+            return await awaitable
+        run = cast(Callable[[list[T]], Sequence[R | BaseException]], self._run)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, run, items)
+
     async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             while not self._waiting:
                 self._wakeup.clear()
@@ -223,7 +236,7 @@ class Batcher(Generic[T, R]):
             self._running_images = images
             started = time.monotonic()
             try:
-                results = await loop.run_in_executor(self._executor, self._run, [e.item for e in batch])
+                results = await self._call([e.item for e in batch])
                 if len(results) != len(batch):
                     raise RuntimeError(f"batch function returned {len(results)} results for {len(batch)} items")
             except asyncio.CancelledError:  # stop(): nobody will deliver these results
@@ -240,7 +253,11 @@ class Batcher(Generic[T, R]):
                         entry.future.set_exception(exc)
             else:
                 for entry, result in zip(batch, results, strict=True):
-                    if not entry.future.done():
+                    if entry.future.done():
+                        continue
+                    if isinstance(result, BaseException):
+                        entry.future.set_exception(result)
+                    else:
                         entry.future.set_result(result)
             finally:
                 self._running_images = 0

@@ -2,7 +2,8 @@
 
 Exit status: 0 after a normal shutdown, 1 when the model cannot be loaded (the reason is logged and,
 in a Kubernetes pod, written to /dev/termination-log so it shows in the pod's status), 2 for bad
-settings. A missing or incomplete model directory is detected before the server starts.
+settings. A missing or incomplete model directory is detected before the server starts. Another engine
+(``--engine``) needs no model directory, and this module imports nothing of torch for it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pydantic import ValidationError
 from kubediffusion.api.headertimeout import http_protocol
 from kubediffusion.inference.app import create_app
 from kubediffusion.inference.backend import ModelLoadError
-from kubediffusion.inference.pipeline import check_model_dir
+from kubediffusion.inference.pipeline import check_model_dir  # torch is imported only inside its loader
 from kubediffusion.inference.settings import settings_from_cli
 
 log = logging.getLogger("kubediffusion.inference")
@@ -43,11 +44,12 @@ def main(argv: list[str]) -> int:
         sys.stderr.write(f"kubediffusion inference: invalid settings: {exc}{detail}\n")
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        check_model_dir(settings.model_dir)
-    except ModelLoadError as exc:
-        _fail(str(exc))
-        return 1
+    if settings.engine == "diffusers":
+        try:
+            check_model_dir(settings.model_dir)
+        except ModelLoadError as exc:
+            _fail(str(exc))
+            return 1
 
     fatal: list[str] = []
     server: uvicorn.Server | None = None

@@ -7,6 +7,12 @@ images in the batcher's worker thread, so ``/health`` answers at once and ``/rea
 model is warm. A load failure puts the server in phase ``failed``
 (``/health`` and ``/readyz`` 503 with the reason) and calls ``on_fatal`` (``main`` exits non-zero).
 The HTTP routes (``inference/routes``) only read this object and call its methods.
+
+With another engine (``settings.engine``, :mod:`.engines`) the same server runs an ``EngineRunner``
+instead of a backend: the batcher awaits it in the event loop, edits reach it undecoded
+(``EditUpload``), it refuses the fields it cannot honour before anything is queued, and the phase is
+``warming`` until the engine's health check first succeeds; from then on ``/readyz`` follows that check.
+No warm-up image is made upstream (it would cost the engine a generation per pod start).
 """
 
 from __future__ import annotations
@@ -26,9 +32,19 @@ from kubediffusion.api.errors import InvalidRequestError, ModelNotFoundError, Se
 from kubediffusion.api.limits import GenerationDefaults
 from kubediffusion.api.multipart import MultipartLimits
 from kubediffusion.api.schema import MAX_SEED, GenerationParams
-from kubediffusion.inference.backend import BackendLoader, ImageBackend, ImageJob, ModelLoadError
+from kubediffusion.inference.backend import (
+    BackendDescription,
+    BackendLoader,
+    EditInput,
+    EditUpload,
+    ImageBackend,
+    ImageJob,
+    ModelLoadError,
+)
 from kubediffusion.inference.batcher import Batcher
 from kubediffusion.inference.encoding import encode_image, to_b64
+from kubediffusion.inference.engines.base import Engine, EngineRequest, upload_of
+from kubediffusion.inference.engines.runner import EngineRunner
 from kubediffusion.inference.inputs import prepare_all
 from kubediffusion.inference.metrics import InferenceMetrics
 from kubediffusion.inference.settings import InferenceSettings
@@ -39,6 +55,8 @@ log = logging.getLogger(__name__)
 Phase = Literal["loading", "warming", "ready", "failed"]
 NOT_READY_RETRY_AFTER = 5.0
 WARMUP_MAX_STEPS = 2
+ENGINE_RETRY_S = 1.0  # between health checks of an engine that is not up yet
+EngineFactory = Callable[[InferenceSettings], Engine]
 
 
 def effective_defaults(settings: InferenceSettings, marker: dict[str, Any] | None) -> GenerationDefaults:
@@ -58,10 +76,21 @@ def batch_key(job: ImageJob) -> tuple[Any, ...]:
     return key
 
 
+def engine_batch_key(job: ImageJob) -> tuple[Any, ...]:
+    """An engine's jobs are separate upstream calls: any of them can share a batch."""
+    return ()
+
+
 def _load_default_backend(settings: InferenceSettings) -> ImageBackend:
     from kubediffusion.inference.pipeline import load_backend  # imports torch only when really loading
 
     return load_backend(settings)
+
+
+def _create_engine(settings: InferenceSettings) -> Engine:
+    from kubediffusion.inference.engines import create_engine
+
+    return create_engine(settings)
 
 
 class InferenceServer:
@@ -73,23 +102,27 @@ class InferenceServer:
         loader: BackendLoader | None = None,
         *,
         on_fatal: Callable[[str], None] | None = None,
+        engine_factory: EngineFactory | None = None,
     ) -> None:
         self.settings = settings
-        self.marker = read_smoke_test_marker(settings.model_dir)
+        self.uses_engine = settings.engine != "diffusers"
+        self.marker = None if self.uses_engine else read_smoke_test_marker(settings.model_dir)
         self.defaults = effective_defaults(settings, self.marker)
         self.names = frozenset({settings.served_name, *settings.aliases})
         self.metrics = InferenceMetrics()
         self.phase: Phase = "loading"
         self.error: str | None = None
         self.backend: ImageBackend | None = None
+        self.runner: EngineRunner | None = None
         self.started_at = time.time()
         self.ready_at: float | None = None
         self._load = loader or _load_default_backend
+        self._make_engine = engine_factory or _create_engine
         self._on_fatal = on_fatal
         self._loading: asyncio.Task[None] | None = None
         self.batcher: Batcher[ImageJob, list[str]] = Batcher(
-            self._run_batch,
-            key=batch_key,
+            self._run_engine_batch if self.uses_engine else self._run_batch,
+            key=engine_batch_key if self.uses_engine else batch_key,
             size=lambda job: len(job.seeds),
             max_batch_size=settings.max_batch_size,
             batch_window_s=settings.batch_window_ms / 1000,
@@ -103,13 +136,22 @@ class InferenceServer:
 
     @property
     def smoke_test(self) -> bool:
-        return self.marker is not None
+        description = self.description
+        return self.marker is not None or (description is not None and description.smoke_test)
+
+    @property
+    def description(self) -> BackendDescription | None:
+        """What the loaded backend or engine is and can do; None until then."""
+        if self.backend is not None:
+            return self.backend.description
+        return self.runner.engine.description if self.runner is not None else None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
         self.batcher.start()
-        self._loading = asyncio.create_task(self._load_and_warm(), name="kd-load")
+        load = self._start_engine() if self.uses_engine else self._load_and_warm()
+        self._loading = asyncio.create_task(load, name="kd-load")
 
     async def stop(self) -> None:
         if self._loading is not None:
@@ -122,6 +164,9 @@ class InferenceServer:
         if self.backend is not None:
             self.backend.close()
             self.backend = None
+        if self.runner is not None:
+            await self.runner.engine.aclose()
+            self.runner = None
 
     async def _load_and_warm(self) -> None:
         settings = self.settings
@@ -132,16 +177,39 @@ class InferenceServer:
                 self.phase = "warming"
                 await self.batcher.run_exclusive(lambda: self._warm_up(backend))
         except Exception as exc:
-            self.phase = "failed"
-            self.error = str(exc) or type(exc).__name__
-            log.error("model failed to load: %s", self.error, exc_info=not isinstance(exc, ModelLoadError))
-            if self._on_fatal is not None:
-                self._on_fatal(self.error)
+            self._failed(exc)
             return
+        self._ready()
+
+    async def _start_engine(self) -> None:
+        """Make the engine, then wait (no deadline: a sidecar may take minutes) for its first good probe."""
+        settings = self.settings
+        try:
+            runner = EngineRunner(settings.engine, self._make_engine(settings), timeout=settings.engine_timeout_seconds)
+        except Exception as exc:
+            self._failed(exc)
+            return
+        self.runner = runner
+        self.phase = "warming"
+        while True:
+            if await runner.probe():
+                break
+            await asyncio.sleep(ENGINE_RETRY_S)
+        self._ready()
+
+    def _failed(self, exc: Exception) -> None:
+        self.phase = "failed"
+        self.error = str(exc) or type(exc).__name__
+        log.error("model failed to load: %s", self.error, exc_info=not isinstance(exc, ModelLoadError))
+        if self._on_fatal is not None:
+            self._on_fatal(self.error)
+
+    def _ready(self) -> None:
         self.phase = "ready"
         self.ready_at = time.time()
         self.metrics.ready.set(1)
-        log.info("ready: serving %s (%s)", settings.served_name, ", ".join(sorted(self.names)))
+        engine = f" with the {self.settings.engine} engine" if self.uses_engine else ""
+        log.info("ready: serving %s (%s)%s", self.settings.served_name, ", ".join(sorted(self.names)), engine)
 
     def _warm_up(self, backend: ImageBackend) -> None:
         """In the worker thread: one small image per batch shape the server will run."""
@@ -179,30 +247,61 @@ class InferenceServer:
     def not_ready_error(self) -> ServiceUnavailableError:
         if self.phase == "failed":
             return ServiceUnavailableError(f"The model failed to load: {self.error}", code="model_load_failed")
+        waiting = ""
+        if self.runner is not None and self.runner.reason:
+            waiting = f" (waiting for the {self.settings.engine} engine: {self.runner.reason})"
         return ServiceUnavailableError(
-            f"The model is {self.phase}; try again shortly.", code="model_not_ready", retry_after=NOT_READY_RETRY_AFTER
+            f"The model is {self.phase}{waiting}; try again shortly.",
+            code="model_not_ready",
+            retry_after=NOT_READY_RETRY_AFTER,
         )
 
     def require_ready(self) -> None:
         if self.phase != "ready":
             raise self.not_ready_error()
 
-    async def generate(self, params: GenerationParams) -> list[str]:
+    async def check_ready(self) -> None:
+        """``/readyz``: loaded and warm, and for an engine, its health check passing (cached briefly)."""
+        self.require_ready()
+        if self.runner is None:
+            return
+        reason = await self.runner.ready()
+        self.metrics.ready.set(0 if reason else 1)
+        if reason:
+            raise ServiceUnavailableError(
+                f"The {self.settings.engine} engine is not ready: {reason}",
+                code="upstream_not_ready",
+                retry_after=NOT_READY_RETRY_AFTER,
+            )
+
+    def check_engine(self, request: EngineRequest) -> None:
+        """A 400 naming the first field the client set that this server's engine cannot honour."""
+        if self.runner is not None:
+            self.runner.engine.check(request)
+
+    async def generate(self, params: GenerationParams, request: EngineRequest | None = None) -> list[str]:
         """Queue one request (seeds ``seed, seed+1, …``; a fresh base seed when none) and wait for its
         base64 images. Cancelling the caller drops the request from the queue (see batcher.py)."""
         self.require_ready()
-        return await self.run_jobs(self.generation_jobs(params))
+        return await self.run_jobs(self.generation_jobs(params, request))
 
-    def generation_jobs(self, params: GenerationParams) -> list[ImageJob]:
+    def generation_jobs(self, params: GenerationParams, request: EngineRequest | None = None) -> list[ImageJob]:
         base = _base_seed(params)
-        return [ImageJob(params=params, seeds=tuple(base + i for i in range(params.n)))]
+        seeds = tuple(base + i for i in range(params.n))
+        forwarded = request.passthrough(self.settings.presets) if request is not None and self.uses_engine else ()
+        return [ImageJob(params=params, seeds=seeds, passthrough=forwarded)]
 
     async def edit_jobs(self, edit: EditParams) -> list[ImageJob]:
         """The jobs of an edit or variation, one per input image (seeds continue across them), its images
         decoded in a thread; a 400 for an image that does not decode or a task this model lacks."""
         self.require_ready()
-        inputs = await asyncio.to_thread(prepare_all, edit)
-        available = self.backend.description.edit_kinds if self.backend is not None else ()
+        inputs: list[EditInput | EditUpload] = (
+            [upload_of(edit, source) for source in edit.sources]
+            if self.uses_engine
+            else list(await asyncio.to_thread(prepare_all, edit))
+        )
+        description = self.description
+        available = description.edit_kinds if description is not None else ()
         for source in inputs:
             if source.kind not in available:
                 what = "inpainting (a mask or transparent pixels)" if source.kind == "inpaint" else "image edits"
@@ -214,7 +313,8 @@ class InferenceServer:
             ImageJob(
                 params=dataclasses.replace(edit.params, width=source.width, height=source.height),
                 seeds=tuple(base + index * n + i for i in range(n)),
-                source=prepared,
+                source=None if isinstance(prepared, EditUpload) else prepared,
+                upload=prepared if isinstance(prepared, EditUpload) else None,
             )
             for index, (source, prepared) in enumerate(zip(edit.sources, inputs, strict=True))
         ]
@@ -241,6 +341,11 @@ class InferenceServer:
             [to_b64(encode_image(image, job.params.output_format, job.params.output_compression)) for image in imgs]
             for job, imgs in zip(jobs, images, strict=True)
         ]
+
+    async def _run_engine_batch(self, jobs: list[ImageJob]) -> list[list[str] | BaseException]:
+        if self.runner is None:
+            raise ServiceUnavailableError("The engine is not started.", retry_after=NOT_READY_RETRY_AFTER)
+        return await self.runner.run_batch(jobs)
 
     def _on_batch(self, images: int, _seconds: float) -> None:
         self.metrics.batch_size.observe(images)

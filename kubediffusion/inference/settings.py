@@ -3,27 +3,39 @@
 pydantic-settings reads both in one step (``settings_from_cli``): every field is an environment variable
 (``KD_INFERENCE_MODEL_DIR``) and a kebab-case flag (``--model-dir``); a flag wins over the environment.
 Booleans are ``--warmup``/``--no-warmup``. Structured fields (``ALIASES``, ``DEFAULTS``, ``LIMITS``,
-``PRESETS``) take JSON in both places; on the command line ``--aliases`` also takes a comma-separated
-list, and the library adds dotted flags for single keys (``--defaults.steps 2``).
+``PRESETS``, ``ENGINE_SIZES``) take JSON in both places; on the command line ``--aliases`` also takes a
+comma-separated list, and the library adds dotted flags for single keys (``--defaults.steps 2``).
+
+The ``engine`` fields choose what makes the images (docs/engines/): ``diffusers`` (the default) loads
+``model_dir``; the adapters (``invokeai``, ``comfyui``, ``automatic1111``, ``openai``) call the engine at
+``engine_url``; ``stub`` draws test patterns. The upstream's credential is a secret, so it is never a
+flag: ``engine_api_key_file`` names a file holding it, or the variable ``KD_INFERENCE_ENGINE_API_KEY``
+holds it (read by :func:`engine_api_key`; the file wins).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
 
-from kubediffusion.api.limits import GenerationDefaults, GenerationLimits, StylePreset
+from kubediffusion.api.limits import GenerationDefaults, GenerationLimits, StylePreset, parse_size
 
 Dtype = Literal["float16", "bfloat16", "float32"]
 Device = Literal["auto", "cpu", "cuda"]
+EngineName = Literal["diffusers", "invokeai", "comfyui", "automatic1111", "openai", "stub"]
+ADAPTERS: frozenset[str] = frozenset({"invokeai", "comfyui", "automatic1111", "openai"})  # need engine_url
+API_KEY_ENV = "KD_INFERENCE_ENGINE_API_KEY"
 
 
 class InferenceSettings(BaseSettings):
-    """Serve one diffusers text-to-image model behind the OpenAI Images API. A flag wins over its env variable."""
+    """Serve one text-to-image model behind the OpenAI Images API: a diffusers pipeline, or another engine
+    (--engine, docs/engines/). A flag wins over its env variable."""
 
     model_config = SettingsConfigDict(
         env_prefix="KD_INFERENCE_",
@@ -66,6 +78,46 @@ class InferenceSettings(BaseSettings):
     header_read_timeout: float = Field(
         default=10.0, gt=0, description="seconds for a request's headers to arrive; then the connection is closed"
     )
+    engine: EngineName = Field(
+        default="diffusers",
+        description="what makes the images: diffusers (model_dir), invokeai, comfyui, automatic1111, openai "
+        "(an engine at engine_url) or stub (test patterns, no torch)",
+    )
+    engine_url: str = Field(default="", description="the engine's base URL (adapters), e.g. http://127.0.0.1:7860")
+    engine_model: str = Field(
+        default="",
+        description="the engine's model: InvokeAI model key, ComfyUI checkpoint ({{model}}), AUTOMATIC1111 "
+        "checkpoint title, upstream model name (openai)",
+    )
+    engine_timeout_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        le=86_400,
+        description="most seconds one upstream job may take, queueing included; then 504",
+    )
+    engine_poll_interval_seconds: float = Field(
+        default=0.25, gt=0, le=60, description="how often job status is polled (invokeai, comfyui)"
+    )
+    engine_ready_timeout_seconds: float = Field(
+        default=2.0, gt=0, le=60, description="seconds the upstream's health check may take (/readyz)"
+    )
+    engine_api_key_file: Path | None = Field(
+        default=None, description=f"file holding the upstream's credential (else env {API_KEY_ENV})"
+    )
+    engine_workflow: Path | None = Field(
+        default=None, description="comfyui: an API-format workflow JSON with {{placeholders}} (default: built in)"
+    )
+    engine_sampler: str = Field(
+        default="", description="the engine's sampler/scheduler name; empty = the adapter's default"
+    )
+    engine_max_n: int = Field(default=10, ge=1, le=10, description="most images one upstream call makes")
+    engine_sizes: list[str] = Field(
+        default_factory=list, description="sizes the upstream accepts (JSON list of WxH); empty = any"
+    )
+    engine_forward_extensions: bool = Field(
+        default=False,
+        description="openai: forward negative_prompt, num_inference_steps, guidance_scale, seed (else refused)",
+    )
 
     @field_validator("aliases")
     @classmethod
@@ -79,9 +131,38 @@ class InferenceSettings(BaseSettings):
             raise ValueError(f"log_level must be critical, error, warning, info or debug, got {value!r}")
         return value.lower()
 
+    @field_validator("engine_sizes")
+    @classmethod
+    def _sizes_are_wxh(cls, value: list[str]) -> list[str]:
+        for size in value:
+            parse_size(size)
+        return value
+
+    @model_validator(mode="after")
+    def _engine_url_fits_the_engine(self) -> InferenceSettings:
+        if self.engine in ADAPTERS:
+            parts = urlsplit(self.engine_url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"engine {self.engine} needs engine_url, an http(s) URL; got {self.engine_url!r}")
+        if self.engine_workflow is not None and self.engine != "comfyui":
+            raise ValueError("engine_workflow is a comfyui setting")
+        return self
+
     @property
     def served_name(self) -> str:
-        return self.model_name or self.model_dir.name or "model"
+        if self.model_name:
+            return self.model_name
+        if self.engine != "diffusers":
+            return self.engine_model or self.engine
+        return self.model_dir.name or "model"
+
+
+def engine_api_key(settings: InferenceSettings, environ: Mapping[str, str] = os.environ) -> str | None:
+    """The upstream's credential: the file's content (stripped), else the variable, else None. A named file
+    that cannot be read raises OSError (the server does not start)."""
+    if settings.engine_api_key_file is not None:
+        return settings.engine_api_key_file.read_text(encoding="utf-8").strip() or None
+    return environ.get(API_KEY_ENV, "").strip() or None
 
 
 def settings_from_cli(argv: Sequence[str]) -> InferenceSettings:

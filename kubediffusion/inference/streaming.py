@@ -61,8 +61,11 @@ class _Partial:
 _DONE = object()
 
 
-def encode_preview(preview: Image, params: GenerationParams) -> str:
-    """A preview at the output size, in the request's format (linear previews are 1/8 of each side)."""
+def encode_preview(preview: Image | bytes, params: GenerationParams) -> str:
+    """A preview at the output size, in the request's format (linear previews are 1/8 of each side);
+    an engine's preview comes encoded already."""
+    if isinstance(preview, bytes):
+        return to_b64(preview)
     from PIL import Image as PILImage
 
     size = (params.width, params.height)
@@ -103,7 +106,7 @@ class ImageEventStream:
             return None
         encoder: ThreadPoolExecutor = self.server.preview_encoder
 
-        def on_partial(_image: int, index: int, preview: Image) -> None:  # in the pipeline thread
+        def on_partial(_image: int, index: int, preview: Image | bytes) -> None:  # in the pipeline thread
             if self.closed:
                 return
             encoded = encoder.submit(encode_preview, preview, params)

@@ -19,6 +19,7 @@ from kubediffusion.api.disconnect import await_unless_disconnected
 from kubediffusion.api.edits import EditRequest, parse_edit_request, parse_variation_request, resolve_edit_params
 from kubediffusion.api.multipart import MultipartLimits
 from kubediffusion.inference.deps import ServerDep
+from kubediffusion.inference.engines.base import EngineRequest
 from kubediffusion.inference.routes.images import Answer, counted
 from kubediffusion.inference.server import InferenceServer
 from kubediffusion.inference.streaming import ImageEventStream
@@ -47,6 +48,7 @@ async def _edit(request: Request, server: InferenceServer, parse: Parser) -> Res
         body = await request.body()
         edit_request = parse(body, request.headers.get("content-type"), server.multipart_limits)
         server.check_model(edit_request.model)
+        server.check_engine(EngineRequest.of_edit(edit_request))
         edit = resolve_edit_params(edit_request, server.defaults, server.settings.limits)
         jobs = await server.edit_jobs(edit)
         if edit.params.stream:

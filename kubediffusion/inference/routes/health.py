@@ -1,4 +1,5 @@
-"""Probes and metrics: ``/health`` (alive; 503 once loading failed), ``/readyz`` (loaded and warm), ``/metrics``."""
+"""Probes and metrics: ``/health`` (alive; 503 once loading failed), ``/readyz`` (loaded and warm; with an
+engine, its upstream's health check passing too), ``/metrics``."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ async def health(server: ServerDep) -> Response:
 
 @router.get("/readyz")
 async def readyz(server: ServerDep) -> Response:
-    server.require_ready()
+    await server.check_ready()
     return JSONResponse({"status": "ready", "model": server.settings.served_name})
 
 

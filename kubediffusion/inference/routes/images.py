@@ -6,7 +6,8 @@ images and signing URLs is the router's job, and the router asks pods for b64_js
 answers Server-Sent Events (:mod:`..streaming`), queued before the 200 so that a full queue is still a
 JSON 429. A client that hangs up is dropped from the queue and counted as ``disconnected`` (status 499,
 which nobody reads), and so is one that hangs up while still sending its body (logged as one info line
-by the shared error handlers, not as an error). Edits and variations: :mod:`.edits`.
+by the shared error handlers, not as an error). With an engine other than diffusers, a field the engine
+cannot honour is a 400 naming it, before the request is queued. Edits and variations: :mod:`.edits`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from kubediffusion.api.schema import (
     response_echo,
 )
 from kubediffusion.inference.deps import ServerDep
+from kubediffusion.inference.engines.base import EngineRequest
 from kubediffusion.inference.server import InferenceServer
 from kubediffusion.inference.streaming import ImageEventStream
 
@@ -51,17 +53,19 @@ async def generations(request: Request, server: ServerDep) -> Response:
         body = await request.body()
         image_request = parse_generation_request(body, request.headers.get("content-type"))
         server.check_model(image_request.model)
+        engine_request = EngineRequest.of_generation(image_request)
+        server.check_engine(engine_request)
         params = resolve_params(image_request, server.defaults, server.settings.limits, server.settings.presets)
         if params.stream:
             stream = ImageEventStream(
                 server,
                 "generation",
-                server.generation_jobs(params),
+                server.generation_jobs(params, engine_request),
                 quality=image_request.quality,
                 background=image_request.background,
             )
             return stream.response()
-        encoded = await await_unless_disconnected(request, server.generate(params))
+        encoded = await await_unless_disconnected(request, server.generate(params, engine_request))
         return None if encoded is None else (encoded, response_echo(image_request, params))
 
     return await counted(server, handle)

@@ -1,11 +1,15 @@
-"""What this server serves: ``/v1/models`` (OpenAI's list shape) and ``/info`` (model, config, machine)."""
+"""What this server serves: ``/v1/models`` (OpenAI's list shape) and ``/info`` (model, config, machine).
+
+The machine's CPU and RAM figures come from psutil, part of the ``inference`` extra; the base install
+(the stub and the adapters) answers them as null.
+"""
 
 from __future__ import annotations
 
+import importlib
 import time
 from typing import Any
 
-import psutil
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
@@ -17,7 +21,7 @@ router = APIRouter()
 
 def model_card(server: InferenceServer) -> dict[str, Any]:
     settings = server.settings
-    description = server.backend.description if server.backend is not None else None
+    description = server.description
     return {
         "id": settings.served_name,
         "object": "model",
@@ -27,13 +31,14 @@ def model_card(server: InferenceServer) -> dict[str, Any]:
         "ready": server.phase == "ready",
         "smoke_test": server.smoke_test,
         "pipeline": description.pipeline_class if description else None,
+        "engine": settings.engine,
         "supports": supports(server),
     }
 
 
 def supports(server: InferenceServer) -> dict[str, bool]:
     """What this pod can do (the router's ``/v1/metadata`` names the same capabilities); unknown until loaded."""
-    description = server.backend.description if server.backend is not None else None
+    description = server.description
     kinds = description.edit_kinds if description else ()
     return {
         "generations": description is not None,
@@ -53,8 +58,7 @@ async def models(server: ServerDep) -> Response:
 @router.get("/info")
 async def info(server: ServerDep) -> Response:
     settings, backend, batcher = server.settings, server.backend, server.batcher
-    description = backend.description if backend is not None else None
-    memory = psutil.virtual_memory()
+    description = server.description
     vram = backend.vram() if backend is not None else None
     return JSONResponse(
         {
@@ -62,7 +66,7 @@ async def info(server: ServerDep) -> Response:
             "phase": server.phase,
             "error": server.error,
             "smoke_test": server.smoke_test,
-            "model_dir": str(settings.model_dir),
+            "model_dir": None if server.uses_engine else str(settings.model_dir),
             "device": description.device if description else None,
             "dtype": description.dtype if description else settings.dtype,
             "compiled": description.compiled if description else False,
@@ -77,14 +81,40 @@ async def info(server: ServerDep) -> Response:
                 "queuedImages": batcher.queued_images,
                 "runningImages": batcher.running_images,
             },
+            "engine": engine_info(server),
             "system": {
-                "cpuPercent": psutil.cpu_percent(interval=None),
-                "cpuCount": psutil.cpu_count(),
-                "ramTotalBytes": memory.total,
-                "ramAvailableBytes": memory.available,
+                **machine(),
                 "vramTotalBytes": vram[1] if vram else None,
                 "vramFreeBytes": vram[0] if vram else None,
             },
             "uptimeSeconds": round(time.time() - server.started_at, 3),
         }
     )
+
+
+def engine_info(server: InferenceServer) -> dict[str, Any]:
+    settings, runner = server.settings, server.runner
+    if not server.uses_engine:
+        return {"name": settings.engine}
+    return {
+        "name": settings.engine,
+        "url": settings.engine_url or None,
+        "model": settings.engine_model or None,
+        "timeoutSeconds": settings.engine_timeout_seconds,
+        "healthy": runner.healthy if runner is not None else False,
+        "reason": runner.reason if runner is not None else None,
+    }
+
+
+def machine() -> dict[str, Any]:
+    try:
+        psutil: Any = importlib.import_module("psutil")
+    except ImportError:
+        return {"cpuPercent": None, "cpuCount": None, "ramTotalBytes": None, "ramAvailableBytes": None}
+    memory = psutil.virtual_memory()
+    return {
+        "cpuPercent": psutil.cpu_percent(interval=None),
+        "cpuCount": psutil.cpu_count(),
+        "ramTotalBytes": memory.total,
+        "ramAvailableBytes": memory.available,
+    }
