@@ -9,6 +9,7 @@ ServiceAccounts, so the chart's settings and RBAC are exercised by the real code
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,17 +25,31 @@ from tests.support.fixtures import Cluster
 from tests.support.waiting import wait_for
 from tests.unit.chart.chart_cluster import (
     CRD_NAME,
+    PODMONITOR_CRD,
     adopt_crd,
+    create_crd,
+    delete_crd,
     deployment_env,
     enforce_restricted,
     free_port,
+    impersonating_client,
     install,
     log_tail,
     running,
     secret_value,
     service_account_kubeconfig,
 )
-from tests.unit.chart.helm_cli import CHART_DIR, CUSTOM_VALUES, EXAMPLES_DIR, Helm, HelmMissingError, find_helm
+from tests.unit.chart.helm_cli import (
+    CHART_DIR,
+    CUSTOM_VALUES,
+    EXAMPLES_DIR,
+    MONITORING_VALUES,
+    Helm,
+    HelmMissingError,
+    find_helm,
+)
+from tests.unit.chart.model_pod import model_pod
+from tests.unit.chart.netpolicy import Endpoint, admitting_rules, ingress_allowed
 
 pytestmark = pytest.mark.cluster
 
@@ -279,3 +294,140 @@ def test_non_default_values_pass_server_side_validation(helm: Helm, release_ns: 
     kinds = {doc["kind"] for doc in yaml.safe_load_all(result.stdout.split("MANIFEST:", 1)[1].split("NOTES:")[0])
              if doc}  # fmt: skip
     assert {"Ingress", "ClusterRole", "ClusterRoleBinding", "NetworkPolicy", "Deployment"} <= kinds
+
+
+# Model pods scraped by Prometheus (issue 16): the PodMonitor needs the Prometheus Operator's CRD, which this
+# control plane does not have unless a test installs its minimal copy (tests/unit/chart/data).
+SCRAPED_VALUES: dict[str, Any] = {
+    **TEST_VALUES,
+    **MONITORING_VALUES,
+    "crds": {"enabled": False},  # the ImageModel CRD is not what these tests are about
+    "grafanaDashboard": {"enabled": True},
+}
+
+
+@pytest.fixture
+def podmonitor_crd(api_client: client.ApiClient) -> Iterator[str]:
+    name = create_crd(api_client, PODMONITOR_CRD)
+    try:
+        yield name
+    finally:
+        delete_crd(api_client, name)
+
+
+def _fresh_helm(control_plane: Cluster) -> Helm:
+    """A helm with an empty discovery cache: the set of CRDs changes between these tests."""
+    return Helm(find_helm(), kubeconfig=control_plane.kubeconfig)
+
+
+def test_pod_monitor_and_scraper_policy_install_and_read_back_as_rendered(
+    api_client: client.ApiClient, control_plane: Cluster, release_ns: str, podmonitor_crd: str
+) -> None:
+    helm = _fresh_helm(control_plane)
+    rendered = helm.template(SCRAPED_VALUES, release=RELEASE, namespace=release_ns)
+    install(helm, RELEASE, release_ns, SCRAPED_VALUES, wait=False)
+    try:
+        # The PodMonitor comes back as rendered: nothing pruned by the CRD's schema (a misspelt field
+        # would be), nothing refused by its patterns.
+        (want,) = [d for d in rendered if d["kind"] == "PodMonitor"]
+        got = client.CustomObjectsApi(api_client).get_namespaced_custom_object(
+            "monitoring.coreos.com", "v1", release_ns, "podmonitors", want["metadata"]["name"]
+        )
+        assert got["spec"] == want["spec"]
+        assert got["spec"]["namespaceSelector"] == {"matchNames": [release_ns]}
+
+        # The NetworkPolicy as the API server stored it (defaults filled in) admits Prometheus of the
+        # monitoring namespace on the metrics port, and no one else there or elsewhere.
+        networking = client.NetworkingV1Api(api_client)
+        policies = [api_client.sanitize_for_serialization(p)
+                    for p in networking.list_namespaced_network_policy(release_ns).items]  # fmt: skip
+        assert len(policies) == 4
+        target = Endpoint.of(model_pod(release_ns), {"metadata": {"labels": {
+            "kubernetes.io/metadata.name": release_ns}}})  # fmt: skip
+
+        def scraper(namespace: str, name: str) -> Endpoint:
+            return Endpoint(namespace, {"kubernetes.io/metadata.name": namespace}, {"app.kubernetes.io/name": name})
+
+        ingress = f"{RELEASE}-kubediffusion-inference-ingress"
+        assert admitting_rules(policies, scraper("observability", "vmagent"), target, 8000) == [(ingress, 1)]
+        assert not ingress_allowed(policies, scraper("observability", "vmagent"), target, 9090)
+        assert not ingress_allowed(policies, scraper("monitoring", "prometheus"), target, 8000)
+        assert not ingress_allowed(policies, scraper("observability", "grafana"), target, 8000)
+
+        dashboard = client.CoreV1Api(api_client).read_namespaced_config_map(
+            f"{RELEASE}-kubediffusion-dashboard", release_ns
+        )
+        assert dashboard.metadata.labels["grafana_dashboard"] == "1"
+        assert json.loads(dashboard.data["kubediffusion.json"])["uid"] == "kubediffusion"
+    finally:
+        helm.run("uninstall", RELEASE, "--namespace", release_ns, "--wait", "--timeout", "60s", check=False)
+    # Uninstalled with the release (the CRD's own objects go with it too).
+    assert client.CustomObjectsApi(api_client).list_namespaced_custom_object(
+        "monitoring.coreos.com", "v1", release_ns, "podmonitors")["items"] == []  # fmt: skip
+
+
+def test_pod_monitor_without_the_prometheus_operator_crds_is_refused_before_anything_is_created(
+    api_client: client.ApiClient, control_plane: Cluster, release_ns: str
+) -> None:
+    ext = client.ApiextensionsV1Api(api_client)
+    assert not [c for c in ext.list_custom_resource_definition().items
+                if c.spec.group == "monitoring.coreos.com"], "this test needs a cluster without them"  # fmt: skip
+    helm = _fresh_helm(control_plane)
+    result = helm.run(
+        "install", RELEASE, str(CHART_DIR), "--namespace", release_ns, *helm.values_args(SCRAPED_VALUES),
+        check=False, timeout=180,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert 'no matches for kind "PodMonitor" in version "monitoring.coreos.com/v1"' in result.stderr, result.stderr
+    assert "ensure CRDs are installed first" in result.stderr
+    # Helm checks every kind before it creates anything: no half-installed release is left behind.
+    core, apps = client.CoreV1Api(api_client), client.AppsV1Api(api_client)
+    assert apps.list_namespaced_deployment(release_ns).items == []
+    assert [s.metadata.name for s in core.list_namespaced_secret(release_ns).items
+            if s.metadata.name.startswith(RELEASE)] == []  # fmt: skip
+    assert client.NetworkingV1Api(api_client).list_namespaced_network_policy(release_ns).items == []
+    # The same values without the PodMonitor install.
+    install(helm, RELEASE, release_ns, {**SCRAPED_VALUES, "podMonitor": {"enabled": False}}, wait=False)
+
+
+def test_shared_usage_config_map_is_the_routers_to_update_and_survives_upgrades(
+    api_client: client.ApiClient, helm: Helm, control_plane: Cluster, release_ns: str
+) -> None:
+    tenants = {"list": [{"name": "team-a", "keys": ["sha256:" + "1" * 64], "quota": {"imagesPerDay": 10}}]}
+    values: dict[str, Any] = {**TEST_VALUES, "router": {"replicas": 2, "tenants": tenants}}
+    notes = install(helm, RELEASE, release_ns, values, wait=False).stdout.split("NOTES:", 1)[1]
+    assert "a tenant may use up\nto 2 x its quota a day" in notes, notes
+
+    values["router"]["usage"] = {"shared": True}
+    notes = install(helm, RELEASE, release_ns, values, wait=False, upgrade=True).stdout.split("NOTES:", 1)[1]
+    assert "x its quota" not in notes
+    name = f"{RELEASE}-kubediffusion-router-usage"
+    env = deployment_env(api_client, release_ns, f"{RELEASE}-kubediffusion-router", "router")
+    assert (env["KD_ROUTER_USAGE_CONFIGMAP"], env["KD_ROUTER_USAGE_NAMESPACE"]) == (name, release_ns)
+
+    # The router's ServiceAccount reads and replaces that ConfigMap (kube_ledger.py: GET, then PUT with
+    # the resourceVersion it read), and may touch no other.
+    deployment = client.AppsV1Api(api_client).read_namespaced_deployment(f"{RELEASE}-kubediffusion-router", release_ns)
+    account = deployment.spec.template.spec.service_account_name
+    router = impersonating_client(control_plane.kubeconfig, f"system:serviceaccount:{release_ns}:{account}")
+    try:
+        core = client.CoreV1Api(router)
+        found = core.read_namespaced_config_map(name, release_ns)
+        found.data = {"2026-01-01": '{"team-a": {"tiny": {"images": 3}}}'}
+        core.replace_namespaced_config_map(name, release_ns, found)
+        for forbidden in (
+            lambda: core.read_namespaced_config_map("kube-root-ca.crt", release_ns),  # exists everywhere
+            lambda: core.list_namespaced_config_map(release_ns),
+            lambda: core.create_namespaced_config_map(release_ns, {"metadata": {"name": "other"}}),
+        ):
+            with pytest.raises(ApiException) as refused:
+                forbidden()
+            assert refused.value.status == 403
+    finally:
+        router.close()
+
+    # An upgrade leaves the counts alone (the chart's ConfigMap has no data to apply).
+    values["router"]["rateLimit"] = {"rps": 3}
+    install(helm, RELEASE, release_ns, values, wait=False, upgrade=True)
+    data = client.CoreV1Api(api_client).read_namespaced_config_map(name, release_ns).data
+    assert data == {"2026-01-01": '{"team-a": {"tiny": {"images": 3}}}'}

@@ -52,6 +52,8 @@ OPERATOR_ALLOWED = [
     *_rows("get create patch", "", "services"),
     *_rows("get create patch", "apps", "deployments"),
     *_rows("get create patch delete", "batch", "jobs"),
+    *_rows("list watch", "apps", "deployments"),  # kopf watches the children (operator/handlers.py CHILD_RESOURCES)
+    *_rows("list watch", "batch", "jobs"),
     *_rows("list watch", "", "pods"),
     *_rows("create", "", "events"),
 ]

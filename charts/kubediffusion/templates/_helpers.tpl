@@ -82,6 +82,24 @@ Usage: include "kubediffusion.image" (dict "image" .Values.operator.image "conte
 app.kubernetes.io/name: kubediffusion-inference
 {{- end }}
 
+{{/* The model server's one port, named http: the Images API and GET /metrics (kubediffusion/imagemodel/names.py). */}}
+{{- define "kubediffusion.inference.port" -}}
+8000
+{{- end }}
+
+{{/*
+Namespaces whose model pods the PodMonitor scrapes, as a PodMonitor namespaceSelector: every namespace
+when all are watched, else the ones that get the model NetworkPolicies.
+*/}}
+{{- define "kubediffusion.inference.namespaceSelector" -}}
+{{- if .Values.watch.allNamespaces }}
+any: true
+{{- else }}
+matchNames:
+  {{- include "kubediffusion.modelNamespaces" . | fromJsonArray | toYaml | nindent 2 }}
+{{- end }}
+{{- end }}
+
 {{/*
 A Role + RoleBinding in the watched namespace, or a ClusterRole + ClusterRoleBinding when every
 namespace is watched. Usage:

@@ -52,16 +52,17 @@ tests/cluster/test_chart_rbac.py.
   resources: [imagemodels/finalizers]
   verbs: [update]
 # Children: server-side apply is a PATCH that creates a missing object (so also create), read back on
-# conflicts. A stale cache Job is deleted and re-created.
+# conflicts. A stale cache Job is deleted and re-created. Deployments and Jobs are also watched (by
+# label, as kopf does for pods: handlers.py CHILD_RESOURCES) so that a change to one reconciles its model.
 - apiGroups: [""]
   resources: [persistentvolumeclaims, services]
   verbs: [get, create, patch]
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, create, patch]
+  verbs: [get, list, watch, create, patch]
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 # Model and cache pods: listed by label to tell ImagePullBackOff, Unschedulable and exit codes apart,
 # and watched so a crash or a finished cache Job shows in the model's status at once. The autoscaler
 # lists the ready model pods (and the router pods, when they run in this namespace) to scrape them.

@@ -50,6 +50,33 @@ signing-key
 {{- end }}
 {{- end }}
 
+{{/* The tenants file: the user's existing Secret or the chart's (when router.tenants.list is set). */}}
+{{- define "kubediffusion.router.tenantsEnabled" -}}
+{{- if or .Values.router.tenants.list .Values.router.tenants.existingSecret }}
+{{- if not .Values.router.auth.enabled }}
+{{- fail "router.tenants needs router.auth.enabled: tenants are found by their API keys" }}
+{{- end -}}
+true
+{{- end }}
+{{- end }}
+
+{{- define "kubediffusion.router.tenantsSecretName" -}}
+{{- default (printf "%s-tenants" (include "kubediffusion.router.fullname" .)) .Values.router.tenants.existingSecret }}
+{{- end }}
+
+{{- define "kubediffusion.router.tenantsSecretKey" -}}
+{{- if .Values.router.tenants.existingSecret }}
+{{- .Values.router.tenants.existingSecretKey }}
+{{- else -}}
+tenants.yaml
+{{- end }}
+{{- end }}
+
+{{/* The ConfigMap of usage counts shared by the router replicas (router.usage.shared). */}}
+{{- define "kubediffusion.router.usageConfigMapName" -}}
+{{- printf "%s-usage" (include "kubediffusion.router.fullname" .) }}
+{{- end }}
+
 {{- define "kubediffusion.router.storageClaimName" -}}
 {{- default (printf "%s-storage" (include "kubediffusion.router.fullname" .)) .Values.router.storage.persistence.existingClaim }}
 {{- end }}

@@ -22,9 +22,12 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from tests.support.waiting import wait_for
 from tests.unit.chart.helm_cli import CHART_DIR, Helm
 
 CRD_NAME = "imagemodels.kubediffusion.io"
+# A minimal copy of the Prometheus Operator's PodMonitor CRD (the fields the chart writes).
+PODMONITOR_CRD = Path(__file__).parent / "data" / "podmonitor-crd.yaml"
 RESTRICTED = {
     "pod-security.kubernetes.io/enforce": "restricted",
     "pod-security.kubernetes.io/enforce-version": "latest",
@@ -157,3 +160,42 @@ def log_tail(path: Path, lines: int = 40) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+def create_crd(api: client.ApiClient, path: Path, timeout: float = 60) -> str:
+    """Create the CRD in ``path`` (or keep the one there) and wait until it is Established; its name."""
+    body = yaml.safe_load(path.read_text())
+    ext = client.ApiextensionsV1Api(api)
+    try:
+        ext.create_custom_resource_definition(body)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+
+    def established() -> bool:
+        crd = ext.read_custom_resource_definition(body["metadata"]["name"])
+        return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or [])
+
+    wait_for(established, timeout=timeout, message=f"CRD {body['metadata']['name']} Established")
+    return str(body["metadata"]["name"])
+
+
+def delete_crd(api: client.ApiClient, name: str, timeout: float = 60) -> None:
+    """Delete a CRD (and so its objects) and wait until it is gone."""
+    ext = client.ApiextensionsV1Api(api)
+
+    def gone() -> bool:
+        try:
+            ext.read_custom_resource_definition(name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return True
+            raise
+        return False
+
+    try:
+        ext.delete_custom_resource_definition(name)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+    wait_for(gone, timeout=timeout, message=f"CRD {name} deleted")

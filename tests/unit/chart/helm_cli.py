@@ -43,9 +43,22 @@ CUSTOM_VALUES: dict[str, Any] = {
                     "hosts": [{"host": "img.example.org", "paths": [{"path": "/v1", "pathType": "Prefix"}]}],
                     "tls": [{"hosts": ["img.example.org"], "secretName": "img-tls"}]},
         "auth": {"apiKeys": ["kd-0123456789abcdef", "kd-fedcba9876543210"]},
-        "rateLimit": {"rps": 2.5, "burst": 5, "globalRps": 0, "globalBurst": 10},
+        "rateLimit": {"rps": 2.5, "burst": 5, "globalRps": 0, "globalBurst": 10, "authFailureBurst": 3,
+                      "authFailureRps": 0.5},
+        "trustedProxies": ["10.0.0.0/8", "fd00::/8", "192.0.2.10"],
+        "forwardedHeader": "forwarded",
+        "bodyReadTimeout": 12.5,
+        "headerReadTimeout": 4,
         "cors": {"origins": ["https://app.example.org"]},
         "maxBodyBytes": 2097152,
+        "maxUploadBytes": 8388608,
+        "storeDefault": True,
+        "hold": {"maxRequests": 8, "timeoutSeconds": 120.5, "retryAfterSeconds": 7},
+        "logFormat": "json",
+        "tracing": {"otlpEndpoint": "http://otel-collector.monitoring:4318"},
+        "usage": {"retentionDays": 90},
+        "tenants": {"list": [{"name": "team-a", "keys": ["sha256:" + "0" * 64], "models": ["sdxl-*"],
+                              "rateLimit": {"rps": 1}, "quota": {"imagesPerDay": 100}}]},
         "urls": {"publicBaseUrl": "https://img.example.org", "ttlSeconds": 600},
         "storage": {"persistence": {"accessMode": "ReadWriteMany", "storageClassName": "nfs", "size": "50Gi"}},
     },
@@ -56,7 +69,19 @@ CUSTOM_VALUES: dict[str, Any] = {
     "networkPolicy": {"extraNamespaces": ["models-a", "models-b"],
                       "extraIngressFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]},
     "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+    "grafanaDashboard": {"enabled": True, "annotations": {"grafana_folder": "Images"}},
     "crds": {"enabled": False},
+}  # fmt: skip
+
+# Scraping of the model pods: a PodMonitor (Prometheus Operator CRD, so kept out of CUSTOM_VALUES, whose
+# server-side dry run has no such CRD) and the NetworkPolicy rule that lets its Prometheus in.
+MONITORING_VALUES: dict[str, Any] = {
+    "podMonitor": {"enabled": True, "interval": "15s", "scrapeTimeout": "10s", "labels": {"release": "prom"}},
+    "networkPolicy": {"monitoring": {"from": [{
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}},
+        "podSelector": {"matchExpressions": [{"key": "app.kubernetes.io/name", "operator": "In",
+                                              "values": ["prometheus", "vmagent"]}]},
+    }]}},
 }  # fmt: skip
 
 

@@ -47,6 +47,40 @@ VALUES_TEXT = (CHART_DIR / "values.yaml").read_text()
         ({"downloads": {"allowedHost": ["models.example"]}}, "allowedHost"),
         ({"inference": {"allowedImages": ["https://ghcr.io/acme"]}}, "allowedImages"),
         ({"inference": {"allowedImages": ["ghcr.io/a,ghcr.io/b"]}}, "allowedImages"),  # one prefix per item
+        ({"router": {"trustedProxies": ["proxy.example.org"]}}, "trustedProxies"),  # addresses, not names
+        ({"router": {"trustedProxies": "10.0.0.0/8"}}, "trustedProxies"),  # a list (the chart joins it)
+        ({"router": {"forwardedHeader": "x-real-ip"}}, "forwardedHeader"),
+        ({"router": {"rateLimit": {"authFailureBurst": 0}}}, "authFailureBurst"),
+        ({"router": {"bodyReadTimeout": 0}}, "bodyReadTimeout"),
+        ({"router": {"maxUploadBytes": 100}}, "maxUploadBytes"),
+        ({"router": {"storeDefault": "yes"}}, "storeDefault"),
+        ({"router": {"hold": {"maxRequests": -1}}}, "maxRequests"),
+        ({"router": {"hold": {"retryAfter": 5}}}, "retryAfter"),
+        ({"router": {"tenants": {"list": [{"name": "a", "keys": ["short"]}]}}}, "keys"),
+        ({"router": {"tenants": {"list": [{"name": "a", "keys": ["sha256:abc"]}]}}}, "keys"),  # not a digest
+        ({"router": {"tenants": {"list": [{"name": "team a"}]}}}, "name"),  # a Prometheus label value
+        ({"router": {"tenants": {"list": [{"name": "a", "rateLimit": {"burst": 5}}]}}}, "rps"),
+        (
+            {"router": {"tenants": {"list": [{"name": "a", "keys": ["kd-0123456789abcdef"], "quota": {"images": 5}}]}}},
+            "images",
+        ),
+        (
+            {"router": {"tenants": {"list": [{"name": "a", "keys": ["kd-0123456789abcdef"]}], "existingSecret": "t"}}},
+            "tenants",
+        ),
+        ({"router": {"logFormat": "logfmt"}}, "logFormat"),
+        ({"router": {"tracing": {"otlpEndpoint": "otel-collector:4318"}}}, "otlpEndpoint"),  # a URL
+        ({"router": {"usage": {"retentionDays": 0}}}, "retentionDays"),
+        ({"router": {"usage": {"shared": "configmap"}}}, "shared"),
+        ({"podMonitor": {"enabled": True, "interval": "30"}}, "interval"),
+        ({"podMonitor": {"port": "metrics"}}, "port"),
+        ({"grafanaDashboard": {"labels": {"grafana_dashboard": None}}}, "labels"),  # the sidecar needs a label
+        ({"networkPolicy": {"monitoring": {"from": [{"namespaceSelector": {}}]}}}, "namespaceSelector"),  # every ns
+        (
+            {"networkPolicy": {"monitoring": {"from": [{"podSelector": {"matchLabels": {"app": "prometheus"}}}]}}},
+            "namespaceSelector",
+        ),
+        ({"networkPolicy": {"monitoring": {"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}}}, "ipBlock"),
     ],
     ids=lambda v: json.dumps(v) if isinstance(v, dict) else str(v),
 )
@@ -86,6 +120,8 @@ def _value_paths(values: Any, prefix: str = "") -> set[str]:
                 or prefix.endswith("requests.")
                 or prefix.endswith("limits.")
                 or prefix.endswith("ipBlock.")
+                or prefix.endswith("labels.")
+                or prefix.endswith("matchLabels.")
             ):
                 continue  # free-form maps
             path = f"{prefix}{key}"
@@ -104,7 +140,7 @@ def test_every_default_value_is_declared_in_the_schema() -> None:
     assert missing == []
 
 
-DATA_KEYS = {"profiles", "podSecurityContext", "securityContext", "resources", "egressTo", "hosts"}
+DATA_KEYS = {"profiles", "podSecurityContext", "securityContext", "resources", "egressTo", "hosts", "from"}
 
 
 def test_every_key_in_values_yaml_is_camel_case_and_commented() -> None:
