@@ -4,7 +4,9 @@ With no arguments: write the tiny random-weight model once (into ``$KUBEDIFFUSIO
 default ``~/.cache/kubediffusion``), start one inference process on a free 127.0.0.1 port, start the
 router (static discovery) on 127.0.0.1:8080, wait until both answer /readyz, print how to call it,
 and serve until interrupted; then stop the inference process. ``--model DIR`` serves a real
-diffusers model directory instead of the tiny one.
+diffusers model directory instead of the tiny one. ``--engine NAME --engine-url URL`` serves another
+engine instead (docs/engines/): an InvokeAI, ComfyUI or AUTOMATIC1111 already running, an
+OpenAI-compatible upstream, or ``--engine stub`` (test patterns: no torch, no model, no URL).
 
 The process helpers (``free_port``, ``start_inference``, ``wait_ready``, ``stop_process``) are also
 used by the router's process tests and benchmark.
@@ -26,7 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import uvicorn
@@ -39,6 +41,7 @@ from kubediffusion.imagemodel.tiny import TINY_DEFAULTS, TINY_LIMITS, TINY_NAME
 log = logging.getLogger("kubediffusion.local")
 
 LOOPBACK = "127.0.0.1"
+ENGINES = ("diffusers", "invokeai", "comfyui", "automatic1111", "openai", "stub")
 
 
 def cache_dir() -> Path:
@@ -85,7 +88,7 @@ def ensure_tiny_model(directory: Path, *, timeout: float = 600.0) -> Path:
 
 
 def start_inference(
-    model_dir: Path,
+    model_dir: Path | None,
     name: str,
     port: int,
     *,
@@ -95,14 +98,14 @@ def start_inference(
     extra_args: list[str] | None = None,
     env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """``kubediffusion inference`` for ``model_dir`` on 127.0.0.1:``port`` as a child process."""
+    """``kubediffusion inference`` for ``model_dir`` (None: an engine named in ``extra_args``) on
+    127.0.0.1:``port`` as a child process."""
     command = [
         sys.executable,
         "-m",
         "kubediffusion.cli",
         "inference",
-        "--model-dir",
-        str(model_dir),
+        *(["--model-dir", str(model_dir)] if model_dir is not None else []),
         "--model-name",
         name,
         "--host",
@@ -181,8 +184,11 @@ def static_config(
     return yaml.safe_dump([model], sort_keys=False)
 
 
-def banner(base_url: str, name: str, *, tiny: bool, size: str) -> str:
-    note = "\n  (the tiny model has random weights: it makes noise, not pictures)\n" if tiny else ""
+def banner(base_url: str, name: str, *, tiny: bool, size: str, note: str = "", extensions: bool = True) -> str:
+    extra = ', extra_body={"num_inference_steps": 2, "seed": 1}' if extensions else ""
+    if tiny:
+        note = "the tiny model has random weights: it makes noise, not pictures"
+    note = f"\n  ({note})\n" if note else ""
     return f"""
 KubeDiffusion is serving '{name}' at {base_url}/v1{note}
 Try it:
@@ -194,7 +200,7 @@ Try it:
   import base64, openai
   client = openai.OpenAI(base_url="{base_url}/v1", api_key="unused")
   result = client.images.generate(model="{name}", prompt="a lighthouse at dawn", size="{size}",
-                                  response_format="b64_json", extra_body={{"num_inference_steps": 2, "seed": 1}})
+                                  response_format="b64_json"{extra})
   open("image.png", "wb").write(base64.b64decode(result.data[0].b64_json))
   PY
 
@@ -206,12 +212,34 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="kubediffusion local",
         description="Serve a text-to-image model behind the OpenAI-compatible router on 127.0.0.1 (no cluster): "
-        "the tiny random-weight model by default, or --model DIR.",
+        "the tiny random-weight model by default, --model DIR, or --engine NAME [--engine-url URL].",
     )
     parser.add_argument("--model", type=Path, help="a diffusers model directory (default: the tiny model)")
-    parser.add_argument("--name", help="model name clients use (default: tiny-sd, or the directory's name)")
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="diffusers",
+        help="what makes the images (default diffusers: --model or the tiny model); stub needs nothing, the "
+        "others --engine-url",
+    )
+    parser.add_argument("--engine-url", default="", help="the engine's base URL, e.g. http://127.0.0.1:7860")
+    parser.add_argument("--engine-model", default="", help="the engine's model (InvokeAI key, checkpoint, name)")
+    parser.add_argument(
+        "--name", help="model name clients use (default: tiny-sd, the directory's name, or the engine's)"
+    )
     parser.add_argument("--port", type=int, default=8080, help="router port on 127.0.0.1 (default 8080; 0 = any)")
     parser.add_argument("--api-keys-file", type=Path, help="require these API keys (one per line)")
+    parser.add_argument(
+        "--tenants-file",
+        type=Path,
+        help="tenants: their keys, allowed models, rate limits and daily image quotas (YAML, docs/tenancy.md)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="log lines as text (default) or one JSON object per line; both carry each request's X-Request-Id",
+    )
     parser.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for the model")
     parser.add_argument(
         "--trusted-proxy",
@@ -242,34 +270,48 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll and per request otherwise
+    from kubediffusion.router.logs import configure_logging
+
+    configure_logging("info", args.log_format)  # request ids in the router's lines; httpx's per-poll lines off
     port = args.port or free_port()
     if not port_is_free(port):
         log.error("port %d on %s is taken; choose another with --port", port, LOOPBACK)
         return 1
-    tiny = args.model is None
-    if tiny:
+    from kubediffusion.router.tenants import file_problem
+
+    if args.tenants_file is not None and (problem := file_problem(args.tenants_file)):
+        log.error("%s", problem)
+        return 1
+    engine_args: list[str] = []
+    tiny = args.model is None and args.engine == "diffusers"
+    model_dir: Path | None
+    defaults: GenerationDefaults | None = None
+    limits: GenerationLimits | None = None
+    if args.engine != "diffusers":
+        if args.model is not None:
+            log.error("--model is for the diffusers engine; the %s engine takes --engine-url", args.engine)
+            return 1
+        model_dir, name = None, args.name or args.engine_model or args.engine
+        engine_args = ["--engine", args.engine, "--engine-url", args.engine_url, "--engine-model", args.engine_model]
+    elif tiny:
         model_dir = ensure_tiny_model(cache_dir() / TINY_NAME)
         name = args.name or TINY_NAME
-        defaults: GenerationDefaults | None = TINY_DEFAULTS
-        limits: GenerationLimits | None = TINY_LIMITS
+        defaults, limits = TINY_DEFAULTS, TINY_LIMITS
     else:
         model_dir = args.model.resolve()
         if not (model_dir / "model_index.json").exists():
             log.error("%s is not a diffusers pipeline directory (no model_index.json)", model_dir)
             return 1
         name = args.name or model_dir.name
-        defaults, limits = None, None
     inference_port = free_port()
     # SIGTERM stops us like Ctrl-C does, so the model server below is always stopped too (uvicorn
     # re-raises the signal it caught once it has shut down; without this it would kill us outright).
     signal.signal(signal.SIGTERM, _interrupt)
     process = start_inference(
-        model_dir, name, inference_port, defaults=defaults, limits=limits, extra_args=args.inference_arg
+        model_dir, name, inference_port, defaults=defaults, limits=limits, extra_args=engine_args + args.inference_arg
     )
     try:
-        _say(f"loading '{name}' from {model_dir} ...")
+        _say(f"loading '{name}' from {model_dir or f'the {args.engine} engine {args.engine_url}'.strip()} ...")
         wait_ready(f"http://{LOOPBACK}:{inference_port}/readyz", timeout=args.ready_timeout, process=process)
         with tempfile.TemporaryDirectory(prefix="kubediffusion-local-") as work:
             config = Path(work) / "models.yaml"
@@ -282,9 +324,13 @@ def main(argv: list[str]) -> int:
                 Path(work) / "images",
                 port,
                 api_keys_file=args.api_keys_file,
+                tenants_file=args.tenants_file,
                 trusted_proxies=args.trusted_proxy,
+                log_format=args.log_format,
             )
-            text = banner(base_url, name, tiny=tiny, size=(defaults or GenerationDefaults()).size)
+            note = "the stub engine draws test patterns, not pictures" if args.engine == "stub" else ""
+            size = (defaults or GenerationDefaults()).size
+            text = banner(base_url, name, tiny=tiny, size=size, note=note, extensions=args.engine != "openai")
             return asyncio.run(_serve_router(server, port, text))
     except KeyboardInterrupt:
         return 0
@@ -301,7 +347,9 @@ def router_server(
     port: int,
     *,
     api_keys_file: Path | None = None,
+    tenants_file: Path | None = None,
     trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None = None,
+    log_format: Literal["text", "json"] = "text",
 ) -> uvicorn.Server:
     """The router of ``local`` on 127.0.0.1:``port``, static discovery from ``config``, not yet serving.
 
@@ -319,7 +367,9 @@ def router_server(
         storage_dir=storage,
         public_base_url=f"http://{LOOPBACK}:{port}",
         api_keys_file=api_keys_file,
+        tenants_file=tenants_file,
         log_level="warning",
+        log_format=log_format,
         trusted_proxies=trusted_proxies or [],
     )
     return uvicorn.Server(
@@ -328,6 +378,7 @@ def router_server(
             host=LOOPBACK,
             port=port,
             log_level="warning",
+            log_config=None,  # through the root handler (configure_logging): request ids, JSON
             access_log=False,
             lifespan="on",
             proxy_headers=False,

@@ -3,7 +3,8 @@
 ``create_app`` only assembles: the :class:`~.state.RouterState` that owns everything long-lived (its
 lifespan is the app's), the route modules of :mod:`.routes`, the error envelope of
 ``kubediffusion.api.errors``, the OpenAPI document (:mod:`.openapi`, ``/docs``) and the middleware.
-The request flow is told in :mod:`.routes.images`.
+The request flow is told in :mod:`.routes.images`; tenants in :mod:`.tenants` and :mod:`.access`, usage
+and quotas in :mod:`.usage`, request ids and tracing in :mod:`.requestctx` and :mod:`.tracing`.
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ from kubediffusion.api.errors import install_error_handlers
 from kubediffusion.router.client_address import ClientAddressMiddleware, TrustedProxies
 from kubediffusion.router.discovery import Discovery
 from kubediffusion.router.forwarding import EDITS_PATH, VARIATIONS_PATH
+from kubediffusion.router.ledger import Ledger
 from kubediffusion.router.openapi import install_openapi
-from kubediffusion.router.routes import health, images, legacy, metadata, models, stored
+from kubediffusion.router.requestctx import RequestContextMiddleware
+from kubediffusion.router.routes import health, images, legacy, metadata, models, stored, usage
 from kubediffusion.router.settings import RouterSettings
 from kubediffusion.router.state import RouterState, default_discovery
 from kubediffusion.router.storage import FilesystemStore, ImageStore
+from kubediffusion.router.tracing import Tracer
 from kubediffusion.router.wakeup import Scaler
 
 
@@ -37,10 +41,14 @@ def create_app(
     store: ImageStore | None = None,
     scaler: Scaler | None = None,
     clock: Callable[[], float] = time.monotonic,
+    wall_clock: Callable[[], float] = time.time,
+    ledger: Ledger | None = None,
+    tracer: Tracer | None = None,
 ) -> FastAPI:
     """The router app. ``transport`` replaces the network for the upstream client (tests); ``scaler``
     wakes models at zero (tests; default: through the API server with Kubernetes discovery);
-    ``clock`` drives rate limits and pod ejection (tests)."""
+    ``clock`` drives rate limits and pod ejection, ``wall_clock`` quota days (tests); ``ledger`` keeps
+    usage (default: memory, or the ConfigMap of ``usage_configmap``); ``tracer`` replaces the configured one."""
     settings = settings or RouterSettings()
     state = RouterState(
         settings,
@@ -49,6 +57,9 @@ def create_app(
         transport=transport,
         scaler=scaler,
         clock=clock,
+        wall_clock=wall_clock,
+        ledger=ledger,
+        tracer=tracer,
     )
     app = FastAPI(
         title="KubeDiffusion router",
@@ -60,10 +71,11 @@ def create_app(
     app.state.router = state
     install_error_handlers(app)
     legacy.install_detail_errors(app)
-    for module in (health, models, metadata, images, stored, legacy):
+    for module in (health, models, metadata, images, stored, legacy, usage):
         app.include_router(module.router)
     install_openapi(app)
-    # Outermost last: CORS (its headers go on every answer, the body guard's 413 included), then the
+    # Outermost last: the request's id and trace context (on every answer and every log line, CORS
+    # preflights included), CORS (its headers go on every answer, the body guard's 413 included), then the
     # client address (so that everything inside it, routes and error handlers' log lines, sees the real
     # client), then the body guard.
     app.add_middleware(
@@ -84,6 +96,7 @@ def create_app(
             expose_headers=["Retry-After", "X-Request-ID", "X-Image-Id"],
             max_age=600,
         )
+    app.add_middleware(RequestContextMiddleware, tracer=state.tracer)
     return app
 
 

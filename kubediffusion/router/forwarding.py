@@ -19,6 +19,10 @@ bytes through and keeps the pod counted as busy until the last byte has been sen
 
 The same rules hold for every path a pod serves (generations, edits, variations; JSON or multipart,
 answered as JSON or as an event stream): the body is opaque bytes sent as is, ``path`` says where.
+
+Each attempt is a ``forward`` span of the tracer (:mod:`.tracing`) whose trace context the pod gets in
+``traceparent``; the compute seconds a pod reports (``X-KubeDiffusion-Compute-Seconds``, :mod:`.usage`)
+are read from its answer's headers, and never passed on to the client.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ import httpx
 from kubediffusion.api.errors import ServiceUnavailableError, UpstreamTimeoutError
 from kubediffusion.router.balancer import Balancer, Lease
 from kubediffusion.router.routing import ModelEntry
+from kubediffusion.router.tracing import PassThroughTracer, Tracer
+from kubediffusion.router.usage import COMPUTE_SECONDS_HEADER, compute_seconds
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +79,7 @@ class Upstream:
     response: httpx.Response | None = None
     body: bytes | None = None
     lease: Lease | None = field(default=None, repr=False)
+    compute_seconds: float = 0.0  # what the pod reported it spent (0: nothing reported)
 
     async def aiter_raw(self) -> AsyncIterator[bytes]:
         """The body as the pod sent it, chunk by chunk; releases the pod when done or abandoned."""
@@ -104,6 +111,18 @@ class Upstream:
                 self.lease.release()
 
 
+@dataclass(frozen=True)
+class Failed:
+    """An attempt that got no usable answer: the error, and whether another pod may be tried."""
+
+    error: httpx.HTTPError
+    retry: bool
+
+    @property
+    def outcome(self) -> str:
+        return type(self.error).__name__
+
+
 def _passthrough_headers(headers: httpx.Headers) -> dict[str, str]:
     return {name: headers[name] for name in PASSTHROUGH_HEADERS if name in headers}
 
@@ -119,6 +138,7 @@ class Forwarder:
         no_endpoint_retry_after: int = 5,
         on_attempt: Callable[[str, str], None] | None = None,
         on_sent: Callable[[ModelEntry], Callable[[], None]] | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self._client = client
         self._balancer = balancer
@@ -128,6 +148,7 @@ class Forwarder:
         self._on_attempt = on_attempt or (lambda _model, _outcome: None)
         # Counts a request in flight to a model (metrics.sent); what it returns runs when its lease is released.
         self._on_sent = on_sent
+        self._tracer = tracer or PassThroughTracer()
 
     async def forward(
         self, model: ModelEntry, body: bytes, headers: Mapping[str, str], *, path: str = GENERATIONS_PATH
@@ -141,47 +162,17 @@ class Forwarder:
             if endpoint is None:
                 break
             tried.append(endpoint)
-            lease = self._balancer.acquire(endpoint, self._on_sent(model) if self._on_sent is not None else None)
-            request = self._client.build_request("POST", endpoint + path, content=body, headers=dict(headers))
-            try:
-                response = await self._client.send(request, stream=True)
-            except httpx.HTTPError as exc:
-                lease.release()
-                last_error = exc
-                retry = is_retryable_error(exc, retry_read_timeouts=self._retry_read_timeouts)
-                if ejects_endpoint(exc):
-                    self._balancer.eject(endpoint)
-                self._on_attempt(model.name, type(exc).__name__)
-                log.warning(
-                    "pod %s of model %s failed: %s: %s%s",
-                    endpoint,
-                    model.name,
-                    type(exc).__name__,
-                    exc,
-                    "; trying another" if retry else "",
-                )
-                if not retry:
-                    break
+            with self._tracer.span("forward", **{"server.address": endpoint, "attempt": len(tried)}) as span:
+                outcome = await self._attempt(model, endpoint, body, headers, path)
+                span.set("outcome", str(outcome.status_code) if isinstance(outcome, Upstream) else outcome.outcome)
+            if isinstance(outcome, Upstream):
+                if not is_retryable_status(outcome.status_code):
+                    return outcome
+                last_rejection = outcome
                 continue
-            except BaseException:  # cancelled (the client went away, or shutdown): the pod is not busy for us
-                lease.release()
-                raise
-            upstream = Upstream(
-                response.status_code, _passthrough_headers(response.headers), endpoint, response=response, lease=lease
-            )
-            self._on_attempt(model.name, str(response.status_code))
-            if not is_retryable_status(response.status_code):
-                return upstream
-            try:
-                await upstream.aread()  # a small error envelope; keep it in case every pod says the same
-            except httpx.HTTPError as exc:  # it failed while refusing: no work was started, try another
-                last_error = exc
-                if ejects_endpoint(exc):
-                    self._balancer.eject(endpoint)
-                log.warning("pod %s of model %s failed: %s: %s", endpoint, model.name, type(exc).__name__, exc)
-                continue
-            log.info("pod %s of model %s answered %d; trying another", endpoint, model.name, response.status_code)
-            last_rejection = upstream
+            last_error = outcome.error
+            if not outcome.retry:
+                break
         if last_rejection is not None:
             return last_rejection
         if isinstance(last_error, httpx.TimeoutException) and not isinstance(
@@ -197,3 +188,52 @@ class Forwarder:
             f"No replica of the model '{model.name}' could be reached ({len(tried)} tried). Try again later.",
             retry_after=self._no_endpoint_retry_after,
         )
+
+    async def _attempt(
+        self, model: ModelEntry, endpoint: str, body: bytes, headers: Mapping[str, str], path: str
+    ) -> Upstream | Failed:
+        """One pod: its answer (a retryable one already read), or what went wrong."""
+        lease = self._balancer.acquire(endpoint, self._on_sent(model) if self._on_sent is not None else None)
+        outgoing = dict(headers)
+        self._tracer.inject(outgoing)
+        request = self._client.build_request("POST", endpoint + path, content=body, headers=outgoing)
+        try:
+            response = await self._client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            lease.release()
+            retry = is_retryable_error(exc, retry_read_timeouts=self._retry_read_timeouts)
+            if ejects_endpoint(exc):
+                self._balancer.eject(endpoint)
+            self._on_attempt(model.name, type(exc).__name__)
+            log.warning(
+                "pod %s of model %s failed: %s: %s%s",
+                endpoint,
+                model.name,
+                type(exc).__name__,
+                exc,
+                "; trying another" if retry else "",
+            )
+            return Failed(exc, retry=retry)
+        except BaseException:  # cancelled (the client went away, or shutdown): the pod is not busy for us
+            lease.release()
+            raise
+        upstream = Upstream(
+            response.status_code,
+            _passthrough_headers(response.headers),
+            endpoint,
+            response=response,
+            lease=lease,
+            compute_seconds=compute_seconds(response.headers.get(COMPUTE_SECONDS_HEADER)),
+        )
+        self._on_attempt(model.name, str(response.status_code))
+        if not is_retryable_status(response.status_code):
+            return upstream
+        try:
+            await upstream.aread()  # a small error envelope; keep it in case every pod says the same
+        except httpx.HTTPError as exc:  # it failed while refusing: no work was started, try another
+            if ejects_endpoint(exc):
+                self._balancer.eject(endpoint)
+            log.warning("pod %s of model %s failed: %s: %s", endpoint, model.name, type(exc).__name__, exc)
+            return Failed(exc, retry=True)
+        log.info("pod %s of model %s answered %d; trying another", endpoint, model.name, response.status_code)
+        return upstream

@@ -18,7 +18,9 @@ from pydantic_settings import SettingsError
 from kubediffusion.api.headertimeout import http_protocol
 from kubediffusion.router.app import create_app
 from kubediffusion.router.discovery import parse_static_config
+from kubediffusion.router.logs import configure_logging
 from kubediffusion.router.settings import PROG, RouterFlags, RouterSettings, settings_from_cli
+from kubediffusion.router.tenants import file_problem
 
 log = logging.getLogger("kubediffusion.router")
 
@@ -44,11 +46,10 @@ def main(argv: list[str]) -> int:
     except SettingsError as exc:
         sys.stderr.write(f"{PROG}: {exc} (see --help)\n")
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every upstream request at INFO
-    logging.getLogger("httpx2").setLevel(logging.WARNING)  # lightkube's, every list and watch request
+    configure_logging(settings.log_level, settings.log_format)
     try:
         check_static_config(settings)
+        check_tenants_file(settings)
         app = create_app(settings)
     except (ValueError, OSError, yaml.YAMLError, ConfigError) as exc:
         log.error("cannot start the router: %s", exc)
@@ -58,11 +59,20 @@ def main(argv: list[str]) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn's lines go through the root handler too: request ids, JSON (logs.py)
         proxy_headers=False,  # forwarded headers are read only from trusted proxies (client_address.py)
         access_log=False,
         http=http_protocol(settings.header_read_timeout),
     )
     return 0
+
+
+def check_tenants_file(settings: RouterSettings) -> None:
+    """A tenants file that is set but broken at startup stops the router (exit 2): better than a router
+    that answers every request 503. A file broken later keeps it running, failing closed (tenants.py)."""
+    problem = file_problem(settings.tenants_file) if settings.tenants_file is not None else None
+    if problem is not None:
+        raise ValueError(problem)
 
 
 def check_static_config(settings: RouterSettings) -> None:

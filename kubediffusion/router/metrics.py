@@ -4,6 +4,11 @@ Two gauges are a contract with the operator's autoscaler (docs/contracts.md), pe
 ``kubediffusion_router_inflight_requests`` (sent to a pod of the model and not finished: from the
 forward until the pod's answer has been read, or its stream relayed, to the end or abandoned) and
 ``kubediffusion_router_held_requests`` (waiting for a pod of a model that scales from zero).
+
+Usage per tenant and model (:mod:`.usage`; docs/observability.md): ``kubediffusion_router_usage_*_total``,
+counted when a request succeeds (requests, images, megapixels, denoising steps, GPU-seconds), and
+``kubediffusion_router_usage_failed_requests_total{tenant,model,code}`` for the image requests of a known
+tenant that did not (never billed); refusals for a spent quota are ``kubediffusion_router_quota_refusals_total``.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from kubediffusion.router.routing import ModelEntry
 
 PER_MODEL = ("model", "namespace")
+PER_TENANT = ("tenant", "model")
 
 
 @dataclass
@@ -75,6 +81,27 @@ class RouterMetrics:
             registry=self.registry,
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
+
+        self.usage_requests = self._usage("requests", "Image requests that succeeded")
+        self.usage_images = self._usage("images", "Images delivered")
+        self.usage_megapixels = self._usage("megapixels", "Megapixels of the images delivered")
+        self.usage_steps = self._usage("denoising_steps", "Denoising steps of the images delivered (steps x images)")
+        self.usage_gpu_seconds = self._usage("gpu_seconds", "Compute seconds the model pods reported")
+        self.usage_failed = Counter(
+            "kubediffusion_router_usage_failed_requests_total",
+            "Image requests of a known tenant that delivered no image (never billed), by status code",
+            [*PER_TENANT, "code"],
+            registry=self.registry,
+        )
+        self.quota_refusals = Counter(
+            "kubediffusion_router_quota_refusals_total",
+            "Requests refused because the tenant's daily image quota was spent",
+            ["tenant"],
+            registry=self.registry,
+        )
+
+    def _usage(self, what: str, documentation: str) -> Counter:
+        return Counter(f"kubediffusion_router_usage_{what}_total", documentation, PER_TENANT, registry=self.registry)
 
     def sent(self, model: ModelEntry) -> Callable[[], None]:
         """One request more in flight to ``model``; call what it returns when it is finished (once)."""

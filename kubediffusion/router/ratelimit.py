@@ -1,5 +1,6 @@
-"""Token buckets: one per caller (API key fingerprint, or client IP when auth is off) plus one for
-the whole router. A request takes one token from both, or from neither; when either is empty the
+"""Token buckets: one per caller (a tenant of the tenants file, else an API key fingerprint, or the client
+IP when auth is off) plus one for the whole router. A tenant may have its own rate and burst; the others
+get the router's per-key default. A request takes one token from both, or from neither; when either is empty the
 answer is 429 with a Retry-After of the time until a token is back. The clock is injectable so
 tests never sleep.
 
@@ -46,14 +47,22 @@ class BucketTable:
         self.rate, self.burst, self.max_callers = rate, burst, max_callers
         self.buckets: OrderedDict[str, TokenBucket] = OrderedDict()
 
-    def get(self, caller: str, now: float) -> TokenBucket:
+    def get(self, caller: str, now: float, rate: float | None = None, burst: int | None = None) -> TokenBucket:
+        """``caller``'s bucket; ``rate`` and ``burst`` (default: the table's) change an existing one's
+        (a tenant's limit edited in the tenants file), its tokens capped at the new burst."""
+        rate = self.rate if rate is None else rate
+        burst = self.burst if burst is None else burst
         bucket = self.buckets.get(caller)
         if bucket is None:
-            bucket = self.buckets[caller] = TokenBucket(self.rate, self.burst, now=now)
+            bucket = self.buckets[caller] = TokenBucket(rate, burst, now=now)
             if len(self.buckets) > self.max_callers:
                 self.buckets.popitem(last=False)  # bounded memory
         else:
             self.buckets.move_to_end(caller)
+            if (bucket.rate, bucket.burst) != (rate, burst):
+                bucket.refill(now)
+                bucket.rate, bucket.burst = rate, burst
+                bucket.tokens = min(bucket.tokens, float(burst))
         return bucket
 
 
@@ -74,17 +83,18 @@ class RateLimiter:
         self._buckets = self._table.buckets
         self._global = TokenBucket(global_rate, global_burst, now=clock()) if global_rate > 0 else None
 
-    def check(self, caller: str) -> None:
-        """Take a token for ``caller`` or raise RateLimitError with retry_after."""
+    def check(self, caller: str, *, rate: float | None = None, burst: int | None = None, who: str = "your key") -> None:
+        """Take a token for ``caller`` (its own ``rate`` and ``burst``, else the default; rate 0: no limit
+        of its own) or raise RateLimitError with retry_after."""
         now = self._clock()
         buckets: list[TokenBucket] = []
-        if self._rate > 0:
-            buckets.append(self._table.get(caller, now))
+        if (self._rate if rate is None else rate) > 0:
+            buckets.append(self._table.get(caller, now, rate, burst))
         if self._global is not None:
             buckets.append(self._global)
         wait = max((b.wait_time(now) for b in buckets), default=0.0)
         if wait > 0:
-            scope = "this router" if self._global is not None and self._global.wait_time(now) > 0 else "your key"
+            scope = "this router" if self._global is not None and self._global.wait_time(now) > 0 else who
             raise RateLimitError(
                 f"Rate limit reached for {scope}. Please try again in {wait:.2f}s.",
                 retry_after=max(1.0, math.ceil(wait)),

@@ -19,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 from kubediffusion.api.schema import ImageGenerationRequest
 from kubediffusion.router.forwarding import Upstream
 from kubediffusion.router.negotiation import OutputFormat
+from kubediffusion.router.requestctx import REQUEST_ID_HEADER, current_request_id
 from kubediffusion.router.routing import ModelEntry
 from kubediffusion.router.settings import RouterSettings
 
@@ -62,10 +63,13 @@ def upstream_body(body: bytes, parsed: ImageGenerationRequest, entry: ModelEntry
 
 
 def upstream_headers(request: Request, content_type: str = "application/json") -> dict[str, str]:
-    # identity: the router reads what pods answer (ids, stored images, events), so nothing compressed.
+    """What a pod gets besides the body: the content type, no compression (the router reads what pods
+    answer: ids, stored images, events), and the request's id (the router's, see requestctx.py); the
+    trace context is added per attempt (forwarding.py)."""
     headers = {"content-type": content_type, "accept-encoding": "identity"}
-    if "x-request-id" in request.headers:
-        headers["x-request-id"] = request.headers["x-request-id"]
+    request_id = current_request_id()
+    if request_id is not None:
+        headers[REQUEST_ID_HEADER] = request_id
     return headers
 
 

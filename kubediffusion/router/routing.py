@@ -11,13 +11,13 @@ aliases, aliases over repo ids.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from kubediffusion.api.errors import ModelNotFoundError, NotFoundError
 from kubediffusion.api.limits import GenerationDefaults, GenerationLimits, StylePreset
-from kubediffusion.api.schema import ImageGenerationRequest, resolve_params
+from kubediffusion.api.schema import GenerationParams, ImageGenerationRequest, resolve_params
 from kubediffusion.router.modelinfo import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -85,23 +85,25 @@ class ModelEntry:
         }
 
 
-def validate_against_model(request: ImageGenerationRequest, model: ModelEntry) -> None:
+def validate_against_model(request: ImageGenerationRequest, model: ModelEntry) -> GenerationParams:
     """Raise the 400 a pod of ``model`` would answer (its limits, sizes, presets), so bad input never
-    reaches a pod. The resolved parameters are dropped on purpose: the pod resolves them again from
-    the same spec, and the router forwards the client's body, not its own reading of it."""
-    resolve_params(request, model.defaults, model.limits, dict(model.presets))
+    reaches a pod. The resolved parameters only say what the request costs (usage.py): the pod resolves
+    them again from the same spec, and the router forwards the client's body, not its own reading of it."""
+    return resolve_params(request, model.defaults, model.limits, dict(model.presets))
 
 
 class RoutingTable:
-    """Names and aliases -> models. Ambiguities are resolved deterministically and logged once."""
+    """Names and aliases -> models. Ambiguities are resolved deterministically and logged once (``quiet``:
+    not at all, for the views of :meth:`only`, whose ambiguities the whole table has logged already)."""
 
-    def __init__(self, models: Iterable[ModelEntry] = ()) -> None:
+    def __init__(self, models: Iterable[ModelEntry] = (), *, quiet: bool = False) -> None:
+        warn = (lambda *_args: None) if quiet else log.warning
         # Sort so that equal inputs give equal tables whatever order the API server listed them in.
         self.models: tuple[ModelEntry, ...] = tuple(sorted(models, key=lambda m: (m.name, m.namespace)))
         self._by_name: dict[str, ModelEntry] = {}
         for model in self.models:  # canonical names win over aliases
             if model.name in self._by_name:
-                log.warning(
+                warn(
                     "model name %r exists in several namespaces; using %r",
                     model.name,
                     self._by_name[model.name].namespace,
@@ -112,7 +114,7 @@ class RoutingTable:
             for alias in model.aliases:
                 owner = self._by_name.setdefault(alias, model)
                 if owner is not model:
-                    log.warning("alias %r of model %r is already taken by %r; ignored", alias, model.name, owner.name)
+                    warn("alias %r of model %r is already taken by %r; ignored", alias, model.name, owner.name)
         self._by_key = {model.key: model for model in self.models}
         self._by_repo: dict[str, ModelEntry] = {}
         for model in self.models:  # several models may serve one repo (revisions, dtypes): the first wins
@@ -120,7 +122,7 @@ class RoutingTable:
                 self._by_repo.setdefault(model.repo.lower(), model)
         defaults = [m for m in self.models if m.default]
         if len(defaults) > 1:
-            log.warning(
+            warn(
                 "several models are marked default (%s); using %r",
                 ", ".join(m.name for m in defaults),
                 defaults[0].name,
@@ -143,6 +145,16 @@ class RoutingTable:
         if entry is None:
             raise ModelNotFoundError(model)
         return entry
+
+    def only(self, allowed: Callable[[ModelEntry], bool]) -> RoutingTable:
+        """The table as if only the ``allowed`` models existed (a tenant's view: names, aliases, repo ids
+        and the default model all resolve as they would in a cluster holding just those models)."""
+        return RoutingTable([model for model in self.models if allowed(model)], quiet=True)
+
+    def named(self, name: str) -> ModelEntry | None:
+        """The model whose canonical name is ``name`` (not an alias), if any."""
+        entry = self._by_name.get(name)
+        return entry if entry is not None and entry.name == name else None
 
     def find(self, namespace: str, name: str) -> ModelEntry | None:
         """The model of that name in that namespace (not by alias), if it is in the table."""

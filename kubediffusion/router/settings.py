@@ -31,6 +31,9 @@ class RouterFlags(BaseSettings):
     host: str = Field(default="0.0.0.0", description="listen address")  # a router in a pod listens on all
     port: int = Field(default=8080, ge=1, le=65535, description="listen port")
     log_level: LogLevel = Field(default="info", description="how much to log")
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="log lines as text, or one JSON object per line (request id, trace id)"
+    )
     discovery: Literal["kubernetes", "static"] = Field(
         default="kubernetes", description="where models come from: ImageModels in the cluster, or --static-config"
     )
@@ -39,8 +42,13 @@ class RouterFlags(BaseSettings):
     storage_dir: Path = Field(
         default=Path("/var/lib/kubediffusion/images"), description="where images of url responses are kept"
     )
+    tenants_file: Path | None = Field(
+        default=None,
+        description="YAML file of tenants: their keys, allowed models, rate limits, daily image quotas "
+        "(docs/tenancy.md); reloaded on change",
+    )
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _lower_case(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
@@ -60,6 +68,17 @@ class RouterSettings(RouterFlags):
     cors_origins: list[str] = Field(default_factory=list)  # empty = no CORS headers
     max_body_bytes: int = Field(default=1_048_576, ge=1024)  # JSON bodies
     max_upload_bytes: int = Field(default=33_554_432, ge=1024)  # multipart bodies: edits, variations (images)
+
+    # Usage and quotas (ledger.py): counts per UTC day kept in memory per replica, or shared by every
+    # replica in this ConfigMap (get + update on it; create when it is missing); empty namespace: the router's
+    usage_configmap: str = ""
+    usage_namespace: str = ""
+    usage_retention_days: int = Field(default=31, ge=1, le=400)  # days of counts GET /v1/usage can answer for
+    usage_flush_seconds: float = Field(default=2.0, gt=0)  # shared: how often counts other than admissions are written
+
+    # Tracing (tracing.py): OTLP/HTTP base URL (/v1/traces is added); empty = the standard
+    # OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, and none of them = tracing off
+    otlp_endpoint: str = ""
 
     # Brute force: wrong API keys per client address (see ratelimit.FailureThrottle)
     auth_failure_burst: int = Field(default=10, ge=1)  # wrong keys an address may try before it gets 429s

@@ -1,9 +1,10 @@
 """Everything one router app owns for its lifetime, in one object: :class:`RouterState`.
 
 ``create_app`` builds it; its :meth:`RouterState.lifespan` (the app's lifespan) opens the one shared
-``httpx.AsyncClient`` (explicit timeouts, pooled) and the forwarder on it, starts discovery and the
-expired-image sweeper, and stops them again. Routes reach it through :mod:`.deps`, never through
-module globals, so several apps (tests) live side by side in one process.
+``httpx.AsyncClient`` (explicit timeouts, pooled) and the forwarder on it, starts discovery, the usage
+ledger and the expired-image sweeper, and stops them again (the tracer last: it exports what is left).
+Routes reach it through :mod:`.deps`, never through module globals, so several apps (tests) live side by
+side in one process.
 """
 
 from __future__ import annotations
@@ -18,20 +19,27 @@ from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import FastAPI
+from lightkube import AsyncClient, KubeConfig
 
-from kubediffusion.router.auth import APIKeys
+from kubediffusion.router.access import TenantViews
+from kubediffusion.router.auth import APIKeys, Authenticator
 from kubediffusion.router.balancer import Balancer
 from kubediffusion.router.delivery import Keeper
 from kubediffusion.router.discovery import Discovery, StaticDiscovery
 from kubediffusion.router.forwarding import Forwarder
 from kubediffusion.router.holding import Holds
 from kubediffusion.router.kube_discovery import KubernetesDiscovery
+from kubediffusion.router.kube_ledger import ConfigMapDocument
 from kubediffusion.router.kube_scaler import KubeScaler
+from kubediffusion.router.ledger import Ledger, MemoryLedger, SharedLedger
 from kubediffusion.router.metrics import RouterMetrics
 from kubediffusion.router.ratelimit import FailureThrottle, RateLimiter
 from kubediffusion.router.settings import RouterSettings
 from kubediffusion.router.signing import URLSigner
 from kubediffusion.router.storage import ImageStore
+from kubediffusion.router.tenants import TenantsFile
+from kubediffusion.router.tracing import Tracer, make_tracer
+from kubediffusion.router.usage import Meter
 from kubediffusion.router.wakeup import Scaler, Waker
 
 log = logging.getLogger(__name__)
@@ -40,12 +48,14 @@ SWEEP_INTERVAL_SECONDS = 300.0
 
 
 class RouterState:
-    """Discovery, balancer, keys, limiters, signer, store (and its keeper), metrics, the requests held for
-    models waking from zero (and the waker); the upstream client and the forwarder while the app runs.
+    """Discovery, balancer, keys and tenants (and each tenant's view of the models), limiters, signer,
+    store (and its keeper), metrics, usage (ledger and meter), tracer, the requests held for models waking
+    from zero (and the waker); the upstream client and the forwarder while the app runs.
 
     ``transport`` replaces the network for the upstream client (tests); ``scaler`` the API server for
     waking models (tests; default: the Kubernetes discovery's client, none for static discovery);
-    ``clock`` drives rate limits and pod ejection (tests)."""
+    ``clock`` drives rate limits and pod ejection, ``wall_clock`` the quota days (tests); ``ledger`` and
+    ``tracer`` replace the configured ones (tests)."""
 
     def __init__(
         self,
@@ -56,12 +66,17 @@ class RouterState:
         transport: httpx.AsyncBaseTransport | None = None,
         scaler: Scaler | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        ledger: Ledger | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.settings = settings
         self.discovery = discovery
         self.store = store
         self.balancer = Balancer(eject_seconds=settings.eject_seconds, clock=clock)
-        self.keys = APIKeys(settings.api_keys_file)
+        tenants = TenantsFile(settings.tenants_file) if settings.tenants_file is not None else None
+        self.auth = Authenticator(APIKeys(settings.api_keys_file, warn_if_off=tenants is None), tenants)
+        self.views = TenantViews(discovery.table)
         self.limiter = RateLimiter(
             rate=settings.rate_limit_rps,
             burst=settings.rate_limit_burst,
@@ -74,6 +89,9 @@ class RouterState:
         )
         self.signer = URLSigner(signing_key(settings), ttl_seconds=settings.url_ttl_seconds)
         self.metrics = RouterMetrics()
+        self.ledger = ledger or default_ledger(settings, discovery, wall_clock)
+        self.meter = Meter(self.ledger, self.metrics, wall_clock)
+        self.tracer = tracer or make_tracer(settings.otlp_endpoint)
         self.keeper = Keeper(store, self.signer, self.metrics)
         scaler = scaler or default_scaler(discovery)
         self.waker = Waker(scaler, table=discovery.table, metrics=self.metrics) if scaler is not None else None
@@ -122,10 +140,12 @@ class RouterState:
                 no_endpoint_retry_after=settings.no_endpoint_retry_after,
                 on_attempt=lambda model, outcome: self.metrics.upstream_attempts.labels(model, outcome).inc(),
                 on_sent=self.metrics.sent,
+                tracer=self.tracer,
             )
             sweeper: asyncio.Task[None] | None = None
             try:
                 await self.discovery.start()
+                await self.ledger.start()
                 sweeper = asyncio.create_task(self._sweep_forever())
                 yield
             finally:
@@ -136,8 +156,10 @@ class RouterState:
                 self.holds.close()
                 if self.waker is not None:
                     await self.waker.close()
+                await self.ledger.stop()
                 await self.discovery.stop()
                 self._forwarder = self._client = None
+                await asyncio.to_thread(self.tracer.shutdown)  # a last export: a blocking HTTP request
 
     async def _sweep_forever(self) -> None:
         """Delete stored images whose links have expired (plus a minute's grace)."""
@@ -170,6 +192,23 @@ def default_discovery(settings: RouterSettings) -> Discovery:
             raise ValueError("discovery=static needs KD_ROUTER_STATIC_CONFIG (a YAML file)")
         return StaticDiscovery(settings.static_config)
     return KubernetesDiscovery.from_settings(settings)
+
+
+def default_ledger(settings: RouterSettings, discovery: Discovery, clock: Callable[[], float]) -> Ledger:
+    """Counts in memory (this replica's), or in ``usage_configmap`` shared by every replica (ledger.py)."""
+    if not settings.usage_configmap:
+        return MemoryLedger(retention_days=settings.usage_retention_days, clock=clock)
+    if isinstance(discovery, KubernetesDiscovery):
+        client, owned = discovery.client, False
+    else:
+        config = KubeConfig.from_file(settings.kubeconfig) if settings.kubeconfig else KubeConfig.from_env()
+        client, owned = AsyncClient(config=config), True
+    namespace = settings.usage_namespace or client.namespace
+    document = ConfigMapDocument(client, settings.usage_configmap, namespace, owns_client=owned)
+    log.info("usage counts shared by every router replica in ConfigMap %s/%s", namespace, settings.usage_configmap)
+    return SharedLedger(
+        document, retention_days=settings.usage_retention_days, flush_seconds=settings.usage_flush_seconds, clock=clock
+    )
 
 
 def default_scaler(discovery: Discovery) -> Scaler | None:

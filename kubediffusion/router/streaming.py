@@ -5,6 +5,10 @@ arrived (an event is the unit a client can use; a pod writes each one whole). Ev
 through byte for byte, except the final ``*.completed`` ones, which get an ``id`` like every image the
 router returns (:mod:`.delivery`), and are stored first when the request asked to ``store``.
 
+A pod's ``: x-kubediffusion-compute-seconds N`` comment (its compute time, :mod:`.usage`) is read and not
+passed on. When the stream ends (or the client hangs up), ``on_end`` gets the images completed and the
+compute seconds reported: the request's bill is settled for those.
+
 A client that hangs up closes the pod's stream (the pod then drops the work, see :class:`EventStream`).
 A pod that breaks off mid-stream cannot turn into an HTTP error any more (the 200 is sent): the client
 gets one ``error`` event with OpenAI's error envelope, which the official clients raise as an error,
@@ -18,7 +22,8 @@ import binascii
 import json
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -30,6 +35,7 @@ from kubediffusion.router.delivery import Delivery, Keeper, pod_id
 from kubediffusion.router.errors import BadGatewayError
 from kubediffusion.router.forwarding import Upstream
 from kubediffusion.router.signing import new_image_id
+from kubediffusion.router.usage import comment_seconds
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +94,15 @@ def error_event(message: str) -> bytes:
     return encode_error(BadGatewayError(message))
 
 
-async def finish_event(event: bytes, delivery: Delivery, keeper: Keeper) -> bytes:
+@dataclass
+class StreamTally:
+    """What a stream delivered: images completed, compute seconds the pod reported."""
+
+    images: int = 0
+    gpu_seconds: float = 0.0
+
+
+async def finish_event(event: bytes, delivery: Delivery, keeper: Keeper, tally: StreamTally | None = None) -> bytes:
     """``event`` as the client gets it: unchanged unless it is a completed image (then with its id)."""
     if COMPLETED not in event:
         return event
@@ -99,6 +113,8 @@ async def finish_event(event: bytes, delivery: Delivery, keeper: Keeper) -> byte
         return event
     if not isinstance(payload, dict) or not str(payload.get("type", "")).endswith(".completed"):
         return event
+    if tally is not None:
+        tally.images += 1
     if delivery.store:
         try:
             image = base64.b64decode(payload["b64_json"], validate=True)
@@ -113,19 +129,31 @@ async def finish_event(event: bytes, delivery: Delivery, keeper: Keeper) -> byte
     return encode_event(name, payload)
 
 
-async def relay_events(upstream: Upstream, delivery: Delivery, keeper: Keeper) -> AsyncIterator[bytes]:
+async def relay_events(
+    upstream: Upstream, delivery: Delivery, keeper: Keeper, tally: StreamTally | None = None
+) -> AsyncIterator[bytes]:
     """The client's stream: the pod's events one by one, as they arrive."""
     splitter = EventSplitter()
+    tally = tally if tally is not None else StreamTally()
     try:
         async for chunk in upstream.aiter_raw():
             for event in splitter.feed(chunk):
-                yield await finish_event(event, delivery, keeper)
+                seconds = comment_seconds(event)
+                if seconds is not None:
+                    tally.gpu_seconds += seconds
+                    continue
+                yield await finish_event(event, delivery, keeper, tally)
             if splitter.pending_size > MAX_EVENT_BYTES:
                 log.warning("pod %s sent an event over %d bytes: stream cut", upstream.endpoint, MAX_EVENT_BYTES)
                 yield error_event("The model server sent an event the router could not read.")
                 return
         if splitter.pending.strip():  # a last event without its blank line
-            yield await finish_event(splitter.pending + b"\n\n", delivery, keeper)
+            last = splitter.pending + b"\n\n"
+            seconds = comment_seconds(last)
+            if seconds is not None:
+                tally.gpu_seconds += seconds
+            else:
+                yield await finish_event(last, delivery, keeper, tally)
     except httpx.HTTPError as exc:
         log.warning("pod %s broke off its event stream: %s: %s", upstream.endpoint, type(exc).__name__, exc)
         yield error_event("The model server's stream broke off before its end.")
@@ -135,20 +163,31 @@ class EventStream(StreamingResponse):
     """An event stream to the client that always closes the pod's stream afterwards, also when the
     client hangs up half-way (starlette then stops iterating; the pod sees its connection close)."""
 
-    def __init__(self, upstream: Upstream, delivery: Delivery, keeper: Keeper) -> None:
+    def __init__(
+        self,
+        upstream: Upstream,
+        delivery: Delivery,
+        keeper: Keeper,
+        *,
+        on_end: Callable[[int, float], None] | None = None,
+    ) -> None:
         headers = dict(SSE_HEADERS)  # no proxy in between may buffer
-        if "x-request-id" in upstream.headers:
-            headers["x-request-id"] = upstream.headers["x-request-id"]
+        self.tally = StreamTally()
         super().__init__(
-            relay_events(upstream, delivery, keeper),
+            relay_events(upstream, delivery, keeper, self.tally),
             status_code=upstream.status_code,
             headers=headers,
             media_type=SSE_MEDIA_TYPE,
         )
         self.upstream = upstream
+        self.on_end = on_end
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            await self.upstream.aclose()
+            try:
+                await self.upstream.aclose()
+            finally:
+                if self.on_end is not None:
+                    self.on_end(self.tally.images, self.tally.gpu_seconds)

@@ -8,6 +8,7 @@
                  /v1/images/files/{id}                             the link's signature instead of a key
     legacy.py    /imagine/generate (key + rate limit), /imagine/info (key), /imagine/health (open);
                  errors as {"detail": ...}
+    usage.py     /v1/usage                                         an admin tenant's key
 
 Shared state and the caller come in as dependencies from :mod:`kubediffusion.router.deps`.
 """

@@ -1,11 +1,12 @@
 """``POST /v1/images/generations``, ``/v1/images/edits`` and ``/v1/images/variations``.
 
-Each goes: auth -> rate limit -> parse + validate against the named model's defaults and limits with
-the shared ``kubediffusion.api`` definitions (bad input, bad images included, never reaches a pod) ->
-forward the client's bytes to the least busy ready pod (retrying others, see :mod:`..forwarding`) ->
-the pod's answer to the client (:mod:`..exchange`): JSON with an ``id`` per image (stored when asked,
-linked for ``url``), a raw image for ``Accept: image/*`` (:mod:`..negotiation`), or, for ``stream:
-true``, the pod's events as they come.
+Each goes: auth -> rate limit (the tenant's) -> parse + validate against the named model (among those
+the tenant may use: :mod:`..access`) and its defaults and limits with the shared ``kubediffusion.api``
+definitions (bad input, bad images included, never reaches a pod) -> the tenant's quota (its images
+counted, or 429 ``insufficient_quota``: :mod:`..usage`) -> forward the client's bytes to the least busy
+ready pod (retrying others, see :mod:`..forwarding`) -> the pod's answer to the client (:mod:`..exchange`):
+JSON with an ``id`` per image (stored when asked, linked for ``url``), a raw image for ``Accept: image/*``
+(:mod:`..negotiation`), or, for ``stream: true``, the pod's events as they come.
 
 The body the pod gets is the client's own unless the pod must see a field changed (an alias or repo
 id becomes the model's name; ``url`` becomes ``b64_json``; Accept's format becomes ``output_format``):
@@ -24,6 +25,7 @@ from fastapi.responses import Response
 from kubediffusion.api.edits import EditRequest, Task, parse_edit_request, parse_variation_request, resolve_edit_params
 from kubediffusion.api.multipart import MultipartLimits, encode_multipart, replace_fields
 from kubediffusion.api.schema import parse_generation_request
+from kubediffusion.router.auth import Caller
 from kubediffusion.router.delivery import Delivery
 from kubediffusion.router.deps import RateLimitedCaller, StateDep
 from kubediffusion.router.exchange import PodRequest, Tally, delivery_for, exchange, require, tally
@@ -32,6 +34,7 @@ from kubediffusion.router.negotiation import raw_format
 from kubediffusion.router.relay import json_body, pod_changes
 from kubediffusion.router.routing import ModelEntry, validate_against_model
 from kubediffusion.router.state import RouterState
+from kubediffusion.router.usage import Cost
 
 router = APIRouter()
 
@@ -56,7 +59,7 @@ class Asked(Protocol):
 def plan(
     request: Request,
     state: RouterState,
-    caller: str | None,
+    caller: Caller,
     entry: ModelEntry,
     asked: Asked,
     *,
@@ -94,15 +97,18 @@ async def generations(
     state: StateDep,
 ) -> Response:
     body = await request.body()
-    parsed = parse_generation_request(body, request.headers.get("content-type"))
-    entry = state.discovery.table().resolve(parsed.model)
-    counter.model = entry.name
-    stream = bool(parsed.stream)
-    require(entry, "generations")
-    if stream:
-        require(entry, "streaming", param="stream")
-    validate_against_model(parsed, entry)
-    delivery, changes = plan(request, state, caller, entry, parsed, images=parsed.n or 1, stream=stream)
+    with state.tracer.span("route") as span:
+        parsed = parse_generation_request(body, request.headers.get("content-type"))
+        entry = state.views.table_for(caller.tenant).resolve(parsed.model)
+        counter.model = entry.name
+        span.set("model", entry.name)
+        stream = bool(parsed.stream)
+        require(entry, "generations")
+        if stream:
+            require(entry, "streaming", param="stream")
+        params = validate_against_model(parsed, entry)
+        delivery, changes = plan(request, state, caller, entry, parsed, images=parsed.n or 1, stream=stream)
+        await counter.admit(caller, Cost.of_generation(params))
     pod = PodRequest(entry, GENERATIONS_PATH, json_body(body, changes), "application/json", stream=stream)
     return await exchange(request, state, counter, pod, delivery)
 
@@ -127,19 +133,22 @@ def parse_upload(task: Task, body: bytes, content_type: str | None, state: Route
     return parse(body, content_type, limits)
 
 
-async def upload(task: Task, request: Request, counter: Tally, caller: str | None, state: RouterState) -> Response:
+async def upload(task: Task, request: Request, counter: Tally, caller: Caller, state: RouterState) -> Response:
     """An edit or a variation: the form checked once here (images included), then forwarded."""
     body = await request.body()
     content_type = request.headers.get("content-type")
-    parsed = parse_upload(task, body, content_type, state)
-    entry = state.discovery.table().resolve(parsed.model)
-    counter.model = entry.name
-    require(entry, "edits" if task == "edit" else "variations")
-    if parsed.stream:
-        require(entry, "streaming", param="stream")
-    resolve_edit_params(parsed, entry.defaults, entry.limits)
-    images = (parsed.fields.n or 1) * len(parsed.images)
-    delivery, changes = plan(request, state, caller, entry, parsed.fields, images=images, stream=parsed.stream)
+    with state.tracer.span("route") as span:
+        parsed = parse_upload(task, body, content_type, state)
+        entry = state.views.table_for(caller.tenant).resolve(parsed.model)
+        counter.model = entry.name
+        span.set("model", entry.name)
+        require(entry, "edits" if task == "edit" else "variations")
+        if parsed.stream:
+            require(entry, "streaming", param="stream")
+        params = resolve_edit_params(parsed, entry.defaults, entry.limits)
+        fields = parsed.fields
+        delivery, changes = plan(request, state, caller, entry, fields, images=params.images, stream=parsed.stream)
+        await counter.admit(caller, Cost.of_edit(params))
     if changes:
         body, content_type = encode_multipart(replace_fields(parsed.parts, dict(changes)))
     path = EDITS_PATH if task == "edit" else VARIATIONS_PATH

@@ -35,11 +35,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kubediffusion.api.errors import APIError, InvalidRequestError, ServiceUnavailableError
 from kubediffusion.api.schema import parse_generation_request
+from kubediffusion.router.auth import Caller
 from kubediffusion.router.deps import AuthenticatedCaller, RateLimitedCaller, StateDep
 from kubediffusion.router.exchange import PodRequest, Tally, delivery_for, exchange, require, tally
 from kubediffusion.router.forwarding import GENERATIONS_PATH
 from kubediffusion.router.routing import ModelEntry, validate_against_model
 from kubediffusion.router.state import RouterState
+from kubediffusion.router.usage import Cost
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +125,9 @@ def parse_legacy(body: bytes) -> LegacyGenerateRequest:
         raise InvalidRequestError(f"{where}: {first['msg']}") from None
 
 
-def default_model(state: RouterState) -> ModelEntry:
-    entry = state.discovery.table().default
+def default_model(state: RouterState, caller: Caller) -> ModelEntry:
+    """The default model of the caller's view (:mod:`..access`): one it may not use is no default at all."""
+    entry = state.views.table_for(caller.tenant).default
     if entry is None:
         raise ServiceUnavailableError("No default model is configured.", retry_after=5)
     return entry
@@ -138,7 +141,7 @@ async def imagine_generate(
     state: StateDep,
 ) -> Response:
     legacy = parse_legacy(await request.body())
-    entry = default_model(state)
+    entry = default_model(state, caller)
     counter.model = entry.name
     require(entry, "generations")
     payload: dict[str, Any] = {"prompt": legacy.prompt, "model": entry.name, "n": 1, "response_format": "b64_json"}
@@ -150,8 +153,9 @@ async def imagine_generate(
         payload["num_inference_steps"] = legacy.num_inference_steps
     body = json.dumps(payload, ensure_ascii=False).encode()
     parsed = parse_generation_request(body, "application/json")  # the one definition of a valid request
-    validate_against_model(parsed, entry)
+    params = validate_against_model(parsed, entry)
     delivery = delivery_for(request, state, caller=caller, entry=entry, response_format=None, store=None, raw="png")
+    await counter.admit(caller, Cost.of_generation(params))
     pod = PodRequest(entry, GENERATIONS_PATH, body, "application/json")
     response = await exchange(request, state, counter, pod, delivery)
     if response.status_code >= 400:
@@ -167,8 +171,8 @@ async def imagine_health(state: StateDep) -> dict[str, str]:
 
 
 @router.get("/imagine/info")
-async def imagine_info(_caller: AuthenticatedCaller, state: StateDep) -> dict[str, Any]:
-    entry = state.discovery.table().default
+async def imagine_info(caller: AuthenticatedCaller, state: StateDep) -> dict[str, Any]:
+    entry = state.views.table_for(caller.tenant).default
     if entry is None:
         missing = "No default model is configured."
         return {"model": None, "is_loaded": False, "error": missing, "config": None, "system_info": system_info([])}

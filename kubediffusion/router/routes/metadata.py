@@ -11,20 +11,21 @@ For the clients of the services this router replaces, which read it once to fill
                  "max_n": 4, "max_prompt_chars": 2000, "presets": ["anime"]}],
      "presets": {"anime": ["sdxl-turbo"]}}
 
-``presets`` maps each style preset (a request's ``style``) to the models that have it.
+``presets`` maps each style preset (a request's ``style``) to the models that have it. Only the models
+the caller's tenant may use are told of (:mod:`..access`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
 from kubediffusion import __version__
-from kubediffusion.router.deps import StateDep, authenticated_caller
+from kubediffusion.router.deps import AuthenticatedCaller, StateDep
 from kubediffusion.router.routing import CAPABILITIES, ModelEntry
 
-router = APIRouter(dependencies=[Depends(authenticated_caller)])  # a key, but no rate limit
+router = APIRouter()  # a key, but no rate limit
 
 SERVICE = "kubediffusion"
 ENDPOINTS = (
@@ -62,8 +63,8 @@ def model_metadata(entry: ModelEntry) -> dict[str, Any]:
 
 
 @router.get("/v1/metadata")
-async def metadata(state: StateDep) -> dict[str, Any]:
-    table = state.discovery.table()
+async def metadata(caller: AuthenticatedCaller, state: StateDep) -> dict[str, Any]:
+    table = state.views.table_for(caller.tenant)
     presets: dict[str, list[str]] = {}
     for entry in table.models:
         for name in entry.presets:

@@ -1,21 +1,22 @@
-"""``GET /v1/models``: the OpenAI model list, with our metadata (aliases, defaults, limits, replicas)."""
+"""``GET /v1/models``: the OpenAI model list, with our metadata (aliases, defaults, limits, replicas): the
+models the caller's tenant may use (:mod:`..access`), as if there were no others."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
-from kubediffusion.router.deps import StateDep, authenticated_caller
+from kubediffusion.router.deps import AuthenticatedCaller, StateDep
 
-router = APIRouter(dependencies=[Depends(authenticated_caller)])  # a key, but no rate limit
+router = APIRouter()  # a key, but no rate limit
 
 
 @router.get("/v1/models")
-async def list_models(state: StateDep) -> dict[str, Any]:
-    return {"object": "list", "data": [m.describe() for m in state.discovery.table().models]}
+async def list_models(caller: AuthenticatedCaller, state: StateDep) -> dict[str, Any]:
+    return {"object": "list", "data": [m.describe() for m in state.views.table_for(caller.tenant).models]}
 
 
 @router.get("/v1/models/{model:path}")
-async def get_model(model: str, state: StateDep) -> dict[str, Any]:
-    return state.discovery.table().resolve(model).describe()
+async def get_model(model: str, caller: AuthenticatedCaller, state: StateDep) -> dict[str, Any]:
+    return state.views.table_for(caller.tenant).resolve(model).describe()

@@ -2,8 +2,9 @@
 signed links of ``url`` answers).
 
 ``/v1/images/{id}`` needs the API key that stored the image when keys are on: another key, an image
-stored while keys were off, an expired image and a missing one all get the same 404, so a caller learns
-nothing about images that are not its own. With keys off, the id (128 random bits) is the secret.
+stored while keys were off, an expired image, an image of a model the caller's tenant may no longer use
+(:mod:`..access`) and a missing one all get the same 404, so a caller learns nothing about images that
+are not its own. With keys off, the id (128 random bits) is the secret.
 It answers the image's bytes with their content type, or, for ``Accept: application/json`` without an
 image type, ``{"id", "object": "image", "created", "model", "conversation_id", "user", "b64_json"}``.
 Images stay until ``url_ttl_seconds`` after they were stored (then the sweeper removes them).
@@ -52,7 +53,9 @@ async def stored_image(request: Request, image_id: str, caller: AuthenticatedCal
     if image_id in POST_ONLY:  # GET /v1/images/generations is a wrong method, not a missing image
         raise StarletteHTTPException(405)
     found = await state.store.get(image_id)
-    if found is None or not _visible(found, caller, state.keys.enabled, state.settings.url_ttl_seconds):
+    if found is None or not _visible(found, caller.key, state.auth.enabled, state.settings.url_ttl_seconds):
+        raise _missing()
+    if not state.views.may_see(caller.tenant, found.record.model if found.record is not None else None):
         raise _missing()
     if not wants_json(request.headers.get("accept")):
         return Response(found.data, media_type=found.content_type, headers=PRIVATE)

@@ -84,11 +84,19 @@ RouterFactory = Callable[..., Any]
 @pytest.fixture
 def router(tmp_path: Path, pods: FakePods, clock: FakeClock) -> RouterFactory:
     """``async with router(models, **settings) as client`` -> an httpx client talking to the app (``discovery``
-    and ``scaler`` replace the static table and the waker's API server)."""
+    and ``scaler`` replace the static table and the waker's API server; ``wall_clock``, ``ledger`` and
+    ``tracer`` the app's)."""
 
     @asynccontextmanager
     async def make(
-        models: list[ModelEntry] | None = None, *, discovery: Any = None, scaler: Any = None, **overrides: Any
+        models: list[ModelEntry] | None = None,
+        *,
+        discovery: Any = None,
+        scaler: Any = None,
+        wall_clock: Callable[[], float] | None = None,
+        ledger: Any = None,
+        tracer: Any = None,
+        **overrides: Any,
     ) -> AsyncIterator[httpx.AsyncClient]:
         values: dict[str, Any] = dict(
             discovery="static",
@@ -101,8 +109,16 @@ def router(tmp_path: Path, pods: FakePods, clock: FakeClock) -> RouterFactory:
         settings = RouterSettings(**values)
         if discovery is None:
             discovery = StaticDiscovery(table=RoutingTable(models if models is not None else [model()]))
+        extra: dict[str, Any] = {"ledger": ledger, "tracer": tracer}
+        if wall_clock is not None:
+            extra["wall_clock"] = wall_clock
         app = create_app(
-            settings, discovery=discovery, transport=httpx.MockTransport(pods.handler), scaler=scaler, clock=clock
+            settings,
+            discovery=discovery,
+            transport=httpx.MockTransport(pods.handler),
+            scaler=scaler,
+            clock=clock,
+            **extra,
         )
         async with (
             app.router.lifespan_context(app),

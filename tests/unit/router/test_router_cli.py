@@ -31,6 +31,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         (["--storage-dir", "/data/images"], "storage_dir", Path("/data/images")),
         (["--log-level", "WARNING"], "log_level", "warning"),
         (["--port=9001"], "port", 9001),
+        (["--tenants-file", "/etc/kd/tenants.yaml"], "tenants_file", Path("/etc/kd/tenants.yaml")),
+        (["--log-format", "JSON"], "log_format", "json"),
     ],
 )
 def test_every_flag_sets_its_setting(argv: list[str], field: str, value: object) -> None:
@@ -103,7 +105,17 @@ def test_help_lists_every_flag_with_its_variable_and_no_secret(capsys: pytest.Ca
     assert exited.value.code == 0
     out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     assert out.startswith("usage: kubediffusion router")
-    for flag in ("host", "port", "discovery", "static-config", "namespace", "storage-dir", "log-level"):
+    for flag in (
+        "host",
+        "port",
+        "discovery",
+        "static-config",
+        "namespace",
+        "storage-dir",
+        "log-level",
+        "log-format",
+        "tenants-file",
+    ):
         assert f"--{flag}" in out and f"KD_ROUTER_{flag.upper().replace('-', '_')}" in out
     assert "--signing-key" not in out and "--api-keys-file" not in out
     assert "{kubernetes,static}" in out  # choices are shown
