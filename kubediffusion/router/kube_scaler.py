@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import httpx2
 from lightkube import ApiError, AsyncClient
 from lightkube.types import PatchType
 
@@ -42,7 +43,7 @@ class KubeScaler:
         except ApiError as exc:
             code = exc.status.code or 0
             raise WakeError(f"{code} {exc.status.message}", retryable=code in RETRYABLE_CODES or code >= 500) from exc
-        except httpx.HTTPError as exc:
+        except (httpx2.HTTPError, httpx.HTTPError) as exc:  # lightkube's transport is httpx2
             raise WakeError(f"{type(exc).__name__}: {exc}", retryable=True) from exc
         return True
 

@@ -9,6 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 import httpx
+import httpx2
 import pytest
 from lightkube import ApiError
 from lightkube.models.autoscaling_v1 import Scale, ScaleSpec
@@ -177,6 +178,8 @@ async def test_a_model_without_spec_replicas_is_patched_without_a_precondition()
         (api_error(429), True),
         (api_error(503), True),
         (httpx.ConnectError("refused"), True),
+        (httpx2.ConnectError("refused"), True),  # what lightkube's transport really raises
+        (httpx2.ReadTimeout("slow"), True),
         (api_error(403), False),  # no RBAC for imagemodels/scale
         (api_error(404), False),  # the model is gone
         (api_error(422), False),  # the CRD refuses the write
