@@ -11,6 +11,7 @@ MODEL_LABEL = "kubediffusion.io/model"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 SMOKE_TEST_LABEL = "kubediffusion.io/smoke-test"
 DOWNLOADS_LABEL = "kubediffusion.io/downloads"  # "true" on model pods that download (cache.mode perNode)
+ENGINE_LABEL = "kubediffusion.io/engine"  # on model pods of an engine other than diffusers: its name
 CACHE_KEY_ANNOTATION = "kubediffusion.io/cache-key"
 TEMPLATE_HASH_ANNOTATION = "kubediffusion.io/template-hash"
 # On the cache Job: the directory it fills, and the copies it must keep (comma-separated; it prunes the rest).

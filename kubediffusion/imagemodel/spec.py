@@ -7,6 +7,10 @@ The CRD's OpenAPI schema + CEL rules (crds/imagemodel.yaml) reject most bad mani
 server; what they cannot see (cross-field checks that need parsing, e.g. a default size outside the
 limits) raises :class:`InvalidSpecError` here, which the operator reports as ``Failed/InvalidSpec``.
 Defaults live here, not in the CRD schema, because some depend on other fields (the tiny model).
+
+``engine`` (:mod:`.engine`) says what makes the images: the diffusers engine (the default) serves the
+weights of ``source``; every other engine holds its own weights, so ``source``, ``pipeline``, ``dtype``
+and ``cache`` are refused with it (:data:`DIFFUSERS_ONLY`).
 """
 
 from __future__ import annotations
@@ -15,13 +19,17 @@ import hashlib
 import json
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from kubediffusion.api.limits import GenerationDefaults, GenerationLimits, StylePreset, parse_size
+from kubediffusion.imagemodel.engine import Engine
 from kubediffusion.imagemodel.tiny import TINY_DEFAULTS, TINY_LIMITS
+from kubediffusion.imagemodel.wire import InvalidSpecError, SecretKeyRef, display_url
+from kubediffusion.imagemodel.wire import SpecPart as _Spec
+
+# Defined in .wire (shared with .engine); imported from here by the rest of the package, as before.
+__all__ = ["InvalidSpecError", "SecretKeyRef", "display_url"]
 
 DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
 
@@ -32,23 +40,8 @@ CacheMode = Literal["shared", "perNode"]
 SwapMode = Literal["sideBySide", "scaleToZero"]
 # Access modes that let pods on more than one node mount a claim at once.
 SHAREABLE_ACCESS_MODES = frozenset({"ReadWriteMany", "ReadOnlyMany"})
-
-
-class InvalidSpecError(ValueError):
-    """A spec the CRD schema let through but that cannot be served; ``field`` names the culprit."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"spec.{field}: {message}" if field else message)
-        self.field = field
-
-
-class _Spec(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
-
-
-class SecretKeyRef(_Spec):
-    name: str = Field(min_length=1, max_length=253)
-    key: str = Field(default="token", min_length=1, max_length=253)
+# Fields only the diffusers engine reads (wire names): another engine holds its own weights.
+DIFFUSERS_ONLY = ("source", "pipeline", "dtype", "cache")
 
 
 class HuggingFaceSource(_Spec):
@@ -67,34 +60,35 @@ class TinySource(_Spec):
 
 
 class Source(_Spec):
+    """Where the diffusers engine's weights come from: exactly one of the four. A model of another engine
+    has none (``Source()``, kind ``none``): it reads no weights of ours."""
+
     huggingface: HuggingFaceSource | None = None
     url: str | None = None
     pvc: PvcSource | None = None
     tiny: TinySource | None = None
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> Source:
+    def _at_most_one(self) -> Source:
         chosen = [n for n in ("huggingface", "url", "pvc", "tiny") if getattr(self, n) is not None]
-        if len(chosen) != 1:
-            raise ValueError(
-                f"exactly one of huggingface, url, pvc, tiny must be set (got {', '.join(chosen) or 'none'})"
-            )
+        if len(chosen) > 1:
+            raise ValueError(f"exactly one of huggingface, url, pvc, tiny must be set (got {', '.join(chosen)})")
         return self
 
     @property
-    def kind(self) -> Literal["huggingface", "url", "pvc", "tiny"]:
+    def kind(self) -> Literal["huggingface", "url", "pvc", "tiny", "none"]:
         if self.huggingface is not None:
             return "huggingface"
         if self.url is not None:
             return "url"
         if self.pvc is not None:
             return "pvc"
-        return "tiny"
+        return "tiny" if self.tiny is not None else "none"
 
     @property
     def needs_fetch(self) -> bool:
-        """Whether a cache Job fills a cache volume (every source except an already-populated PVC)."""
-        return self.pvc is None
+        """Whether a cache Job fills a cache volume (every source except an already-populated PVC, and none)."""
+        return self.kind in ("huggingface", "url", "tiny")
 
     def describe(self) -> str:
         """Short human form, shown in the ``Source`` printer column."""
@@ -105,22 +99,12 @@ class Source(_Spec):
             return shown if len(shown) <= 60 else shown[:57] + "..."
         if self.pvc is not None:
             return f"pvc:{self.pvc.claim_name}/{self.pvc.path}".rstrip("/")
-        assert self.tiny is not None
-        return f"tiny:{self.tiny.kind} (smoke test)"
+        return f"tiny:{self.tiny.kind} (smoke test)" if self.tiny is not None else "none"
 
     def cache_key(self) -> str:
         """Changes exactly when the cached bytes must change: a new source means a new download."""
         canonical = json.dumps(self.model_dump(mode="json", exclude_none=True), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-def display_url(url: str) -> str:
-    """``url`` for status and messages: no credentials, query or fragment (a presigned URL's signature)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "(an invalid URL)"
-    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
 class Resources(_Spec):
@@ -221,7 +205,8 @@ def _overlay(base: _M, explicit: _M | None) -> _M:
 
 
 class ImageModelSpec(_Spec):
-    source: Source
+    source: Source = Field(default_factory=Source)  # required by the diffusers engine, refused by the others
+    engine: Engine = Field(default_factory=Engine)
     pipeline: str = "auto"
     dtype: Dtype | None = None
     aliases: list[str] = Field(default_factory=list)
@@ -248,6 +233,7 @@ class ImageModelSpec(_Spec):
             err = exc.errors()[0]
             field = ".".join(str(p) for p in err["loc"])
             raise InvalidSpecError(field, err["msg"]) from None
+        spec._check_engine()
         try:
             spec._check_defaults_within_limits()
         except ValidationError as exc:  # an overlay of partial limits that contradicts itself
@@ -256,6 +242,25 @@ class ImageModelSpec(_Spec):
             why = "perNode downloads into each pod: not with source.pvc or existingClaim"
             raise InvalidSpecError("cache.mode", why)
         return spec
+
+    def _check_engine(self) -> None:
+        """``source`` with diffusers and only there, the engine's own rules, an openai upstream's sizes."""
+        engine = self.engine
+        problem = engine.problem()
+        if problem is not None:
+            raise InvalidSpecError(*problem)
+        if engine.name == "diffusers":
+            if self.source.kind == "none":
+                raise InvalidSpecError("source", "exactly one of huggingface, url, pvc, tiny must be set (got none)")
+        else:
+            given = {type(self).model_fields[n].alias or n for n in self.model_fields_set}
+            other = next((name for name in DIFFUSERS_ONLY if name in given), None)
+            if other is not None:
+                why = f"a setting of the diffusers engine; engine {engine.name} reads no weights of ours"
+                raise InvalidSpecError(other, why)
+        if engine.sizes and self.effective_defaults.size not in engine.sizes:
+            size = self.effective_defaults.size
+            raise InvalidSpecError("engine.sizes", f"the default size {size} is not one of {engine.sizes}")
 
     def _check_defaults_within_limits(self) -> None:
         width, height = parse_size(self.effective_defaults.size)
@@ -285,26 +290,36 @@ class ImageModelSpec(_Spec):
         return explicit or self.serving.max_batch_size
 
     @property
+    def needs_weights(self) -> bool:
+        """Whether the pods read weights from a volume (the diffusers engine); other engines hold their own."""
+        return self.engine.name == "diffusers"
+
+    @property
     def per_node_cache(self) -> bool:
-        return self.cache.mode == "perNode" and self.source.needs_fetch
+        return self.needs_weights and self.cache.mode == "perNode" and self.source.needs_fetch
 
     @property
     def is_smoke_test(self) -> bool:
-        return self.source.tiny is not None
+        """The tiny model or the stub engine: labelled as such everywhere (status, pods, /v1/models)."""
+        return self.source.tiny is not None or self.engine.name == "stub"
+
+    def describe(self) -> str:
+        """What serves the model, shortly: the ``Source`` printer column."""
+        return self.source.describe() if self.needs_weights else self.engine.describe()
 
     @property
     def effective_defaults(self) -> GenerationDefaults:
         """The spec's ``defaults`` over the source's base (tiny or real-model defaults)."""
-        base = TINY_DEFAULTS if self.is_smoke_test else GenerationDefaults()
+        base = TINY_DEFAULTS if self.source.tiny is not None else GenerationDefaults()
         return _overlay(base, self.defaults)
 
     @property
     def effective_limits(self) -> GenerationLimits:
-        base = TINY_LIMITS if self.is_smoke_test else GenerationLimits()
+        base = TINY_LIMITS if self.source.tiny is not None else GenerationLimits()
         return _overlay(base, self.limits)
 
     def effective_dtype(self, gpus: int) -> Dtype:
         """float16 on GPUs; float32 on CPU and for the tiny model unless the spec says otherwise."""
         if self.dtype is not None:
             return self.dtype
-        return "float32" if gpus == 0 or self.is_smoke_test else "float16"
+        return "float32" if gpus == 0 or self.source.tiny is not None else "float16"

@@ -26,7 +26,7 @@ INVALID_SPEC = "InvalidSpec"
 UNKNOWN_PROFILE = "UnknownProfile"
 SECRET_NOT_FOUND = "SecretNotFound"  # the kubelet cannot find the token Secret (or its key) a model names
 DOWNLOAD_REFUSED = "DownloadRefused"  # the operator's download policy refuses spec.source.url (no Job is made)
-IMAGE_NOT_ALLOWED = "ImageNotAllowed"  # spec.image is outside the operator's allowed images
+IMAGE_NOT_ALLOWED = "ImageNotAllowed"  # spec.image or spec.engine.image is outside the operator's allowed images
 PVC_NOT_FOUND = "PVCNotFound"
 PVC_PENDING = "PVCPending"
 CACHE_PENDING = "CachePending"
@@ -51,6 +51,7 @@ SWAPPING = "Swapping"  # new weights download beside the copy that serves; the p
 CACHE_TOO_SMALL_FOR_SWAP = "CacheTooSmallForSwap"  # no room for a second copy (see spec.cache.swap)
 CACHE_NOT_SHAREABLE = "CacheNotShareable"  # a ReadWriteOnce cache and several replicas: all on one node
 PER_NODE_CACHE = "PerNodeCache"  # each pod fills its own ephemeral copy (spec.cache.mode perNode)
+NOT_NEEDED = "NotNeeded"  # CacheReady of an engine other than diffusers: it reads no weights of ours
 
 
 class _Wire(BaseModel):

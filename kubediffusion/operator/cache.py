@@ -17,6 +17,8 @@ A model cached before side-by-side swaps keeps its directory (``/models/model``)
 
 perNode mode: no claim and no Job; each pod fills its own generic ephemeral volume in an init container,
 so the weights are ready when pods are, and the revision is what a ready pod's init container reported.
+
+An engine other than diffusers reads no weights of ours: its cache is ``NotNeeded`` (ready, no volume).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from kubediffusion.imagemodel.status import (
     CACHE_PENDING,
     DOWNLOADED,
     DOWNLOADING,
+    NOT_NEEDED,
     PER_NODE_CACHE,
     PVC_NOT_FOUND,
     PVC_PENDING,
@@ -133,6 +136,9 @@ def cache_state(
     plan: CachePlan | None = None,
 ) -> CacheState:
     """Can pods read weights, which copy, and why not?"""
+    if not spec.needs_weights:
+        message = f"engine {spec.engine.name} reads no weights of ours: no cache volume, no cache Job"
+        return CacheState(NOT_NEEDED, message, ready=True)
     if spec.per_node_cache:
         return per_node_state(spec, observed)
     claim_name = volume.claim_name

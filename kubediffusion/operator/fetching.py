@@ -94,7 +94,7 @@ def build_cache_job(
     keep: Sequence[str] = (),
     pin: bool = False,
 ) -> Manifest | None:
-    """The Job that fills the shared cache (None for a pvc source or a perNode cache).
+    """The Job that fills the shared cache (None for a pvc source, a perNode cache or another engine).
 
     It downloads into ``dest`` (default ``/models/<cache-key>``) and prunes every other copy but
     ``keep``. It schedules like the model's pods (same nodeSelector/tolerations/affinity, and with
@@ -103,7 +103,7 @@ def build_cache_job(
     failing to apply it (a new source or keep-list re-runs even a finished Job; fetch-model then finds
     its copy complete and only prunes).
     """
-    if not spec.source.needs_fetch or spec.per_node_cache:
+    if not spec.needs_weights or not spec.source.needs_fetch or spec.per_node_cache:
         return None
     owner = ctx.owner
     volume = cache_volume(spec, owner.name)

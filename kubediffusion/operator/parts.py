@@ -1,4 +1,5 @@
-"""What the manifest builders share: their context, the cache volume, metadata, security and scheduling.
+"""What the manifest builders share: their context, the cache volume, metadata, security, scheduling, and
+the model server's container parts every engine has (its settings, probes, resources).
 
 Pure: no API calls, no environment, no clock (see :mod:`kubediffusion.operator.resources`).
 """
@@ -53,9 +54,9 @@ def pinned_to_one_node(spec: ImageModelSpec, claim_access_modes: list[str] | Non
     """Whether every pod that mounts the shared cache must run on one node (a ReadWriteOnce-like claim).
 
     ``claim_access_modes``: of the claim as it exists (an existing claim or a pvc source); else the
-    access mode the operator asks for.
+    access mode the operator asks for. A model of another engine than diffusers mounts no cache.
     """
-    if spec.per_node_cache:
+    if spec.per_node_cache or not spec.needs_weights:
         return False
     modes = claim_access_modes if claim_access_modes else [spec.cache.access_mode]
     return not SHAREABLE_ACCESS_MODES & set(modes)
@@ -126,3 +127,63 @@ def scheduling(hardware: HardwareProfile, *, pin: str | None = None) -> Manifest
     if affinity:
         out["affinity"] = affinity
     return out
+
+
+def compact_json(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def queue_settings(spec: ImageModelSpec) -> dict[str, str]:
+    """``KD_INFERENCE_*`` of the queue and batching, whatever the engine."""
+    serving = spec.serving
+    return {
+        "MAX_BATCH_SIZE": str(serving.max_batch_size),
+        "BATCH_WINDOW_MS": str(serving.batch_window_ms),
+        "MAX_QUEUE": str(serving.max_queue),
+    }
+
+
+def request_settings(spec: ImageModelSpec) -> dict[str, str]:
+    """``KD_INFERENCE_*`` of what a valid request is (the router reads the same from the spec)."""
+    return {
+        "DEFAULTS": compact_json(spec.effective_defaults.model_dump(mode="json", by_alias=True)),
+        "LIMITS": compact_json(spec.effective_limits.model_dump(mode="json", by_alias=True)),
+        "PRESETS": compact_json(
+            {k: v.model_dump(mode="json", by_alias=True, exclude_none=True) for k, v in spec.presets.items()}
+        ),
+    }
+
+
+def container_resources(hardware: HardwareProfile) -> Manifest:
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if hardware.gpus > 0:
+        requests[hardware.gpu_resource_name] = limits[hardware.gpu_resource_name] = str(hardware.gpus)
+    if hardware.cpu:
+        requests["cpu"] = hardware.cpu
+    if hardware.memory:
+        requests["memory"] = limits["memory"] = hardware.memory
+    out: Manifest = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _probe(path: str, *, period: int, failures: int) -> Manifest:
+    return {
+        "httpGet": {"path": path, "port": names.PORT_NAME},
+        "periodSeconds": period,
+        "timeoutSeconds": 5,
+        "failureThreshold": failures,
+    }
+
+
+def server_probes() -> Manifest:
+    """/health answers while the weights load (or the engine starts); /readyz only once ready and warm."""
+    return {
+        "startupProbe": _probe("/health", period=5, failures=120),
+        "readinessProbe": _probe("/readyz", period=5, failures=2),
+        "livenessProbe": _probe("/health", period=10, failures=3),
+    }

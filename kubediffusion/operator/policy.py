@@ -1,10 +1,11 @@
 """What the operator refuses to run for an ImageModel: images outside the allow-list, downloads outside the policy.
 
-Whoever may create an ImageModel has the operator run ``spec.image`` and download ``spec.source.url``
-(docs/security.md). Two settings narrow that:
+Whoever may create an ImageModel has the operator run ``spec.image`` (and a sidecar engine's
+``spec.engine.image``) and download ``spec.source.url`` (docs/security.md). Two settings narrow that:
 
-- allowed images (``--allowed-images``): registry or repository prefixes ``spec.image`` must fall under;
-  the operator's own inference image always may. Empty: any image.
+- allowed images (``--allowed-images``): registry or repository prefixes ``spec.image`` and
+  ``spec.engine.image`` must fall under; the operator's own images (inference, adapter) always may.
+  Empty: any image.
 - the download policy (``--download-*``): passed to ``fetch-model`` as flags; fetch-model enforces it on
   every address it connects to and every redirect (:mod:`kubediffusion.fetch.policy`). What the spec
   alone shows to be refused (plain http while http is not allowed, a host outside the allowed hosts)
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from kubediffusion.imagemodel.spec import Source, display_url
+from kubediffusion.imagemodel.spec import ImageModelSpec, Source, display_url
 from kubediffusion.imagemodel.status import DOWNLOAD_REFUSED, IMAGE_NOT_ALLOWED
 from kubediffusion.operator.problems import Failure
 
@@ -113,17 +114,33 @@ def _under(image: str, prefix: str) -> bool:
     return image == prefix or any(image.startswith(prefix + sep) for sep in "/:@")
 
 
-def image_refusal(image: str, allowed: Sequence[str], default: str) -> Failure | None:
-    """Why ``spec.image`` may not run (None: it may); ``default`` is the operator's own inference image."""
+def image_refusal(
+    image: str, allowed: Sequence[str], default: str | Sequence[str], *, field: str = "spec.image"
+) -> Failure | None:
+    """Why ``image`` (at ``field``) may not run (None: it may); ``default``: the operator's own image(s)."""
     if not image or not allowed:
         return None
     name = normalized_image(image)
-    if name == normalized_image(default) or any(_under(name, _normalized_prefix(p)) for p in allowed):
+    own = [default] if isinstance(default, str) else list(default)
+    if any(name == normalized_image(o) for o in own) or any(_under(name, _normalized_prefix(p)) for p in allowed):
         return None
     return Failure(
         IMAGE_NOT_ALLOWED,
-        f"spec.image {image!r} is not allowed: the operator runs only its inference image and images under"
+        f"{field} {image!r} is not allowed: the operator runs only its own images and images under"
         f" {', '.join(allowed)} (allowed-images)",
+    )
+
+
+def server_image(spec: ImageModelSpec, *, inference_image: str, adapter_image: str) -> str:
+    """The model server's image: ``spec.image``, else the inference image (diffusers: torch), else the
+    small adapter image (every other engine: no torch; the operator/router image by default)."""
+    return spec.image or (inference_image if spec.needs_weights else adapter_image)
+
+
+def images_refusal(spec: ImageModelSpec, allowed: Sequence[str], own: Sequence[str]) -> Failure | None:
+    """Why ``spec.image`` or ``spec.engine.image`` (a sidecar) may not run; ``own``: the operator's images."""
+    return image_refusal(spec.image, allowed, own) or image_refusal(
+        spec.engine.image or "", allowed, own, field="spec.engine.image"
     )
 
 

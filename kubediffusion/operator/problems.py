@@ -25,6 +25,8 @@ from kubediffusion.imagemodel.status import (
 
 Obj = Mapping[str, Any]
 MAX_MESSAGE = 1024
+SERVER_CONTAINER = "inference"  # our server, in every model pod
+ENGINE_CONTAINER = "engine"  # a sidecar engine: an init container that keeps running (restartPolicy Always)
 
 # The scheduler's words for a pod whose Immediate-binding claim has no volume yet (PVCPending, not Unschedulable).
 UNBOUND_CLAIMS = "unbound immediate PersistentVolumeClaims"
@@ -84,28 +86,35 @@ def pod_problem(pods: Sequence[Obj]) -> Failure | None:
         if scheduled and scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
             return Failure(UNSCHEDULABLE, short(str(scheduled.get("message") or "no node fits the pod")))
         for status in field(pod, "status", "initContainerStatuses") or []:
-            problem = _waiting_problem(status) or _fetch_problem(status)
+            # fetch-model (a perNode cache) runs to completion; a sidecar engine runs beside our server.
+            sidecar = status.get("name") == ENGINE_CONTAINER
+            problem = _waiting_problem(status) or (_crash_problem(status) if sidecar else _fetch_problem(status))
             if problem is not None:
                 return problem
         for status in field(pod, "status", "containerStatuses") or []:
-            waiting = field(status, "state", "waiting") or {}
-            reason = waiting.get("reason")
-            waiting_problem = _waiting_problem(status)
-            if waiting_problem is not None:
-                return waiting_problem
-            last = field(status, "lastState", "terminated") or {}
-            restarted = last and int(status.get("restartCount") or 0) > 0
-            if reason == "CrashLoopBackOff" or (restarted and not status.get("ready")):
-                detail = last.get("message") or last.get("reason") or "container restarted"
-                # A crash loop, or an exit the server itself explained as a load failure, is ModelLoadFailed;
-                # a single crash of a serving container (OOM kill, node trouble) is a restart in progress.
-                load_failed = reason == "CrashLoopBackOff" or str(detail).startswith(MODEL_LOAD_FAILED)
-                return Failure(
-                    MODEL_LOAD_FAILED if load_failed else CONTAINER_RESTARTED,
-                    short(f"container restarted {status.get('restartCount', 0)} time(s): {detail}"),
-                    _exit_code(last),
-                )
+            problem = _waiting_problem(status) or _crash_problem(status)
+            if problem is not None:
+                return problem
     return None
+
+
+def _crash_problem(status: Obj) -> Failure | None:
+    """A serving container (our server, or a sidecar engine) that exited and is not ready again."""
+    reason = field(status, "state", "waiting", "reason")
+    last = field(status, "lastState", "terminated") or {}
+    restarted = last and int(status.get("restartCount") or 0) > 0
+    if reason != "CrashLoopBackOff" and not (restarted and not status.get("ready")):
+        return None
+    detail = last.get("message") or last.get("reason") or "container restarted"
+    # A crash loop, or an exit the server itself explained as a load failure, is ModelLoadFailed;
+    # a single crash of a serving container (OOM kill, node trouble) is a restart in progress.
+    load_failed = reason == "CrashLoopBackOff" or str(detail).startswith(MODEL_LOAD_FAILED)
+    who = "engine container" if status.get("name") == ENGINE_CONTAINER else "container"
+    return Failure(
+        MODEL_LOAD_FAILED if load_failed else CONTAINER_RESTARTED,
+        short(f"{who} restarted {status.get('restartCount', 0)} time(s): {detail}"),
+        _exit_code(last),
+    )
 
 
 def _waiting_problem(status: Obj) -> Failure | None:

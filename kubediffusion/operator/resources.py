@@ -3,28 +3,33 @@
 Every builder returns the *whole* desired object (apiVersion, kind, metadata with fixed name, labels
 and owner reference), ready for server-side apply. The reconcile decides ``replicas`` (0 while no
 copy of the weights can serve), which copy the pods read, and resolves the hardware profile and image
-before calling them. The cache Job is built in :mod:`.fetching`, the shared parts are :mod:`.parts`.
+before calling them. The cache Job is built in :mod:`.fetching`, the pod of an engine other than
+diffusers in :mod:`.engine_pod`, the shared parts are :mod:`.parts`.
 """
 
 from __future__ import annotations
 
-import json
-
 from kubediffusion.imagemodel import names
-from kubediffusion.imagemodel.spec import HardwareProfile, ImageModelSpec
+from kubediffusion.imagemodel.spec import ImageModelSpec
 from kubediffusion.imagemodel.status import CacheCopy
+from kubediffusion.operator.engine_pod import engine_pod_spec
 from kubediffusion.operator.fetching import build_cache_job, fetch_args, fetch_container
 from kubediffusion.operator.parts import (
     CacheVolume,
     Context,
     Manifest,
     cache_volume,
+    compact_json,
+    container_resources,
     container_security_context,
     digest,
     metadata,
     pod_security_context,
+    queue_settings,
+    request_settings,
     scheduling,
     scratch_env,
+    server_probes,
 )
 
 # The builders' shared parts and the cache Job live in their own modules; importable from here as before.
@@ -36,6 +41,7 @@ __all__ = [
     "build_deployment",
     "build_service",
     "cache_volume",
+    "container_resources",
     "container_security_context",
     "digest",
     "fetch_args",
@@ -44,13 +50,13 @@ __all__ = [
 
 
 def build_cache_pvc(spec: ImageModelSpec, owner: names.Owner) -> Manifest | None:
-    """The operator-owned cache claim, or None (existing claim / pvc source).
+    """The operator-owned cache claim, or None (existing claim / pvc source / another engine than diffusers).
 
     With ``cache.retainOnDelete`` (the default) the claim has no owner reference, so deleting the
     ImageModel keeps the downloaded weights; re-creating the model finds them (the Job sees the marker).
     """
     volume = cache_volume(spec, owner.name)
-    if not volume.owned or spec.per_node_cache:
+    if not spec.needs_weights or not volume.owned or spec.per_node_cache:
         return None
     pvc_spec: Manifest = {
         "accessModes": [spec.cache.access_mode],
@@ -74,58 +80,22 @@ def build_cache_pvc(spec: ImageModelSpec, owner: names.Owner) -> Manifest | None
 def inference_env(spec: ImageModelSpec, model: str, model_dir: str, gpus: int) -> list[Manifest]:
     """Everything the server needs is in env (docs/contracts.md): a pod's command runs as-is locally."""
     serving = spec.serving
-
-    def dumps(value: object) -> str:
-        return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
     settings: dict[str, str] = {
         "MODEL_DIR": model_dir,
         "MODEL_NAME": model,
-        "ALIASES": dumps(list(spec.aliases)),
+        "ALIASES": compact_json(list(spec.aliases)),
         "PIPELINE": spec.pipeline,
         "DTYPE": spec.effective_dtype(gpus),
         "DEVICE": "cuda" if gpus > 0 else "cpu",
         "HOST": "0.0.0.0",
         "PORT": str(names.PORT),
-        "MAX_BATCH_SIZE": str(serving.max_batch_size),
-        "BATCH_WINDOW_MS": str(serving.batch_window_ms),
-        "MAX_QUEUE": str(serving.max_queue),
+        **queue_settings(spec),
         "WARMUP": str(serving.warmup).lower(),
         "COMPILE": str(serving.compile).lower(),
-        "DEFAULTS": dumps(spec.effective_defaults.model_dump(mode="json", by_alias=True)),
-        "LIMITS": dumps(spec.effective_limits.model_dump(mode="json", by_alias=True)),
-        "PRESETS": dumps(
-            {k: v.model_dump(mode="json", by_alias=True, exclude_none=True) for k, v in spec.presets.items()}
-        ),
+        **request_settings(spec),
     }
     env = [{"name": f"KD_INFERENCE_{key}", "value": value} for key, value in settings.items()]
     return [*env, {"name": "HF_HUB_OFFLINE", "value": "1"}, *scratch_env()]
-
-
-def container_resources(hardware: HardwareProfile) -> Manifest:
-    requests: dict[str, str] = {}
-    limits: dict[str, str] = {}
-    if hardware.gpus > 0:
-        requests[hardware.gpu_resource_name] = limits[hardware.gpu_resource_name] = str(hardware.gpus)
-    if hardware.cpu:
-        requests["cpu"] = hardware.cpu
-    if hardware.memory:
-        requests["memory"] = limits["memory"] = hardware.memory
-    out: Manifest = {}
-    if requests:
-        out["requests"] = requests
-    if limits:
-        out["limits"] = limits
-    return out
-
-
-def _probe(path: str, *, period: int, failures: int) -> Manifest:
-    return {
-        "httpGet": {"path": path, "port": names.PORT_NAME},
-        "periodSeconds": period,
-        "timeoutSeconds": 5,
-        "failureThreshold": failures,
-    }
 
 
 def _cache_volume(spec: ImageModelSpec, ctx: Context, volume: CacheVolume) -> Manifest:
@@ -152,14 +122,48 @@ def build_deployment(
     The reconcile decides ``replicas`` (0 while no copy can serve), ``weights`` (the copy that serves
     while a new one downloads beside it) and ``pin`` (a ReadWriteOnce cache: every pod on one node,
     see :func:`~kubediffusion.operator.parts.scheduling`). A perNode cache is a generic ephemeral
-    volume per pod that an init container running fetch-model fills before the server starts.
+    volume per pod that an init container running fetch-model fills before the server starts. A model
+    of another engine than diffusers reads no weights (``weights`` and ``pin`` do not apply to it): its
+    pod is :func:`~kubediffusion.operator.engine_pod.engine_pod_spec`.
     """
+    owner = ctx.owner
+    pod_labels = names.labels(owner.name, "inference", smoke_test=spec.is_smoke_test)
+    annotations = {"kubectl.kubernetes.io/default-container": "inference"}
+    if spec.needs_weights:
+        pod_spec, weights = _weights_pod_spec(spec, ctx, weights, pin=pin)
+        if spec.per_node_cache:
+            pod_labels[names.DOWNLOADS_LABEL] = "true"  # its init container downloads (the chart's NetworkPolicy)
+        # New weights roll the pods even when nothing else in the template changed.
+        annotations |= {names.CACHE_KEY_ANNOTATION: weights.key, names.CACHE_PATH_ANNOTATION: weights.path}
+    else:
+        pod_spec = engine_pod_spec(spec, ctx)
+        pod_labels[names.ENGINE_LABEL] = spec.engine.name  # e.g. for a NetworkPolicy that lets it reach its engine
+    if ctx.hardware.priority_class_name:
+        pod_spec["priorityClassName"] = ctx.hardware.priority_class_name
+    if ctx.hardware.runtime_class_name:
+        pod_spec["runtimeClassName"] = ctx.hardware.runtime_class_name
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(names.deployment_name(owner.name), owner, pod_labels),
+        "spec": {
+            "replicas": replicas,
+            "revisionHistoryLimit": 3,
+            "progressDeadlineSeconds": 1800,
+            "selector": {"matchLabels": names.selector(owner.name)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {"metadata": {"labels": dict(pod_labels), "annotations": annotations}, "spec": pod_spec},
+        },
+    }
+
+
+def _weights_pod_spec(
+    spec: ImageModelSpec, ctx: Context, weights: CacheCopy | None, *, pin: bool
+) -> tuple[Manifest, CacheCopy]:
+    """The diffusers engine's pod: our server reading the weights at ``weights`` from the cache volume."""
     owner = ctx.owner
     volume = cache_volume(spec, owner.name)
     weights = weights or CacheCopy(key=spec.source.cache_key(), path=volume.model_dir)
-    pod_labels = names.labels(owner.name, "inference", smoke_test=spec.is_smoke_test)
-    if spec.per_node_cache:
-        pod_labels[names.DOWNLOADS_LABEL] = "true"  # its init container downloads (the chart's NetworkPolicy)
     pod_spec: Manifest = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
@@ -176,10 +180,7 @@ def build_deployment(
                 "resources": container_resources(ctx.hardware),
                 "securityContext": container_security_context(),
                 "terminationMessagePolicy": "FallbackToLogsOnError",
-                # /health answers while the weights load; /readyz only once loaded and warm.
-                "startupProbe": _probe("/health", period=5, failures=120),
-                "readinessProbe": _probe("/readyz", period=5, failures=2),
-                "livenessProbe": _probe("/health", period=10, failures=3),
+                **server_probes(),
                 "volumeMounts": [
                     {"name": "cache", "mountPath": names.MODELS_MOUNT, "readOnly": True},
                     {"name": "tmp", "mountPath": "/tmp"},
@@ -196,29 +197,7 @@ def build_deployment(
     if spec.per_node_cache:
         args = fetch_args(spec, volume, ctx.download, dest=weights.path)
         pod_spec["initContainers"] = [fetch_container(spec, ctx, args)]
-    if ctx.hardware.priority_class_name:
-        pod_spec["priorityClassName"] = ctx.hardware.priority_class_name
-    if ctx.hardware.runtime_class_name:
-        pod_spec["runtimeClassName"] = ctx.hardware.runtime_class_name
-    annotations = {
-        "kubectl.kubernetes.io/default-container": "inference",
-        # New weights roll the pods even when nothing else in the template changed.
-        names.CACHE_KEY_ANNOTATION: weights.key,
-        names.CACHE_PATH_ANNOTATION: weights.path,
-    }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": metadata(names.deployment_name(owner.name), owner, pod_labels),
-        "spec": {
-            "replicas": replicas,
-            "revisionHistoryLimit": 3,
-            "progressDeadlineSeconds": 1800,
-            "selector": {"matchLabels": names.selector(owner.name)},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-            "template": {"metadata": {"labels": dict(pod_labels), "annotations": annotations}, "spec": pod_spec},
-        },
-    }
+    return pod_spec, weights
 
 
 def build_service(spec: ImageModelSpec, owner: names.Owner) -> Manifest:

@@ -99,7 +99,7 @@ def derive_status(seen: Observation, *, previous: ImageModelStatus, now: str) ->
     return ImageModelStatus(
         phase=verdict.phase,
         observed_generation=seen.generation,
-        source=spec.source.describe() if spec is not None else None,
+        source=spec.describe() if spec is not None else None,
         smoke_test=spec.is_smoke_test if spec is not None else None,
         endpoint=names.endpoint(seen.name, seen.namespace),
         replicas=desired,
@@ -202,7 +202,8 @@ def _pods(spec: ImageModelSpec, cache: CacheState, observed: Observed, ready: in
             _cond("Degraded", True, problem.reason, problem.message),
         )
         return _Verdict("Degraded", conditions, problem)
-    loading = _cond("Ready", False, STARTING, f"{counted}; waiting for the model to load")
+    waiting = "the model to load" if spec.needs_weights else f"engine {spec.engine.name} to answer"
+    loading = _cond("Ready", False, STARTING, f"{counted}; waiting for {waiting}")
     return _Verdict("Loading", (cache_cond, available, loading, not_degraded), None)
 
 

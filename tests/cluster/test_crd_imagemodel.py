@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client
 from lightkube import Client, KubeConfig
 
@@ -24,13 +23,13 @@ from kubediffusion.imagemodel.status import (
 )
 from kubediffusion.operator.kube import RESOURCES, Kube, KubeError
 from tests.cluster.operator_fixture import create_model, get_model, raw
+from tests.support import engine_specs
+from tests.support.examples import companions, image_model, image_model_examples
 from tests.support.fixtures import Cluster
 
 pytestmark = pytest.mark.cluster
 
-EXAMPLES = sorted(
-    p for p in (Path(__file__).resolve().parents[2] / "examples").glob("*.yaml") if "kind: ImageModel" in p.read_text()
-)
+EXAMPLES = image_model_examples()
 VALID: dict[str, Any] = {
     "apiVersion": "kubediffusion.io/v1alpha1",
     "kind": "ImageModel",
@@ -126,10 +125,32 @@ def test_invalid_imagemodel_is_rejected_naming_the_field(
     assert field in message, f"{case}: {field!r} not in {message!r}"
 
 
+@pytest.mark.parametrize("invalid", engine_specs.INVALID, ids=[c.case for c in engine_specs.INVALID])
+def test_invalid_engine_is_rejected_naming_the_field(
+    api_client: client.ApiClient, namespace: str, imagemodel_crd: str, invalid: engine_specs.Invalid
+) -> None:
+    # The same table the typed spec refuses (tests/unit/operator/test_operator_engine_spec.py).
+    status, answer = create(api_client, namespace, {**VALID, "spec": invalid.spec})
+    assert status == 422, f"{invalid.case}: expected 422, got {status} {answer}"
+    assert invalid.api in answer["message"], f"{invalid.case}: {invalid.api!r} not in {answer['message']!r}"
+
+
+@pytest.mark.parametrize("case", sorted(engine_specs.VALID))
+def test_valid_engines_are_accepted(
+    api_client: client.ApiClient, namespace: str, imagemodel_crd: str, case: str
+) -> None:
+    status, answer = create(api_client, namespace, {**VALID, "spec": engine_specs.VALID[case]})
+    assert status == 201, answer
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_examples_are_accepted(api_client: client.ApiClient, namespace: str, imagemodel_crd: str, path: Path) -> None:
-    status, answer = create(api_client, namespace, yaml.safe_load(path.read_text()))
+    status, answer = create(api_client, namespace, image_model(path))
     assert status == 201, answer
+    for doc in companions(path):  # what the example applies with its model (a ConfigMap)
+        assert doc["kind"] == "ConfigMap", doc["kind"]
+        code, created = raw(api_client, "POST", f"/api/v1/namespaces/{namespace}/configmaps", doc, dryRun="All")
+        assert code == 201, created
 
 
 def test_minimal_and_full_specs_are_accepted(api_client: client.ApiClient, namespace: str, imagemodel_crd: str) -> None:

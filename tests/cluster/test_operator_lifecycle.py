@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 
+from kubediffusion import __version__
 from tests.cluster import operator_fixture
 from tests.cluster.operator_fixture import (
     OperatorProcess,
@@ -22,6 +25,7 @@ from tests.cluster.operator_fixture import (
     table,
     wait_phase,
 )
+from tests.support.fixtures import Cluster
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -591,3 +595,141 @@ def test_pod_failures_reported_by_the_kubelet_degrade_the_model(
     deployment = children(api_client, namespace, "sick")["deployment"][0]
     env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["KD_INFERENCE_MODEL_DIR"] == "/models/sd"
+
+
+# --- Performance (issue 17): children watched, applies skipped when nothing changed -----------------
+
+
+def api_requests(api: client.ApiClient, verb: str, resources: set[str]) -> float:
+    """How many requests the API server has answered with this verb on these resources (every client)."""
+    code, text = raw(api, "GET", "/metrics")
+    assert code == 200 and isinstance(text, str), code
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("apiserver_request_total{") and f'verb="{verb}"' in line:
+            resource = line.split('resource="', 1)[1].split('"', 1)[0] if 'resource="' in line else ""
+            total += float(line.rpartition(" ")[2]) if resource in resources else 0.0
+    return total
+
+
+@pytest.fixture
+def slow_polling_operator(
+    control_plane: Cluster,
+    imagemodel_crd: str,
+    cache_storage: Path,
+    namespace: str,
+    tmp_path: Path,
+) -> Iterator[OperatorProcess]:
+    """Polls and resyncs far apart: whatever happens sooner was brought by a watch event."""
+    env = {"KD_OPERATOR_NAMESPACE": namespace, "KD_OPERATOR_POLL_SECONDS": "120", "KD_OPERATOR_RESYNC_SECONDS": "300"}
+    proc = OperatorProcess(control_plane.kubeconfig, tmp_path / "operator.log", env=env).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def test_a_finished_download_and_an_available_rollout_show_at_once_not_at_the_next_poll(
+    api_client: client.ApiClient, namespace: str, slow_polling_operator: OperatorProcess
+) -> None:
+    # The cache Job completes and the Deployment becomes available after the reconciles that created
+    # them; only their own events (the Job's, the Deployment's) bring the model to Ready before a poll.
+    create_model(api_client, namespace, "evented", TINY)
+    model = wait_phase(api_client, namespace, "evented", "Ready", timeout=60, CacheReady="Downloaded")
+    assert condition(model, "Ready")["status"] == "True"
+
+
+@pytest.fixture
+def resyncing_operator(
+    control_plane: Cluster,
+    imagemodel_crd: str,
+    cache_storage: Path,
+    namespace: str,
+    tmp_path: Path,
+) -> Iterator[OperatorProcess]:
+    env = {"KD_OPERATOR_NAMESPACE": namespace, "KD_OPERATOR_RESYNC_SECONDS": "1"}
+    proc = OperatorProcess(control_plane.kubeconfig, tmp_path / "operator.log", env=env).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def test_reconciles_of_an_unchanged_model_apply_nothing_and_drift_is_still_taken_back(
+    api_client: client.ApiClient, namespace: str, resyncing_operator: OperatorProcess
+) -> None:
+    create_model(api_client, namespace, "steady", TINY)
+    wait_phase(api_client, namespace, "steady", "Ready")
+    children_kinds = {"persistentvolumeclaims", "services", "deployments", "jobs", "imagemodels"}
+    applies = api_requests(api_client, "APPLY", children_kinds)
+    reads = api_requests(api_client, "GET", {"imagemodels"})  # each reconcile reads its model first
+    wait_for(
+        lambda: api_requests(api_client, "GET", {"imagemodels"}) >= reads + 3,
+        timeout=60,
+        message="three resyncs of the Ready model",
+    )
+    assert api_requests(api_client, "APPLY", children_kinds) == applies, "nothing changed: nothing applied"
+
+    # Someone else's edit of a field the operator applies is drift: the next reconcile applies it back.
+    svc = f"/api/v1/namespaces/{namespace}/services/im-steady"
+    code, answer = raw(
+        api_client,
+        "PATCH",
+        svc,
+        {"spec": {"selector": {"app": "wrong", "kubediffusion.io/model": None}}},
+        content_type="application/merge-patch+json",
+        fieldManager="someone-else",
+    )
+    assert code == 200, answer
+    wait_for(
+        lambda: raw(api_client, "GET", svc)[1]["spec"]["selector"].get("kubediffusion.io/model") == "steady",
+        timeout=30,
+        message="drift of an unwatched child taken back by the next reconcile",
+    )
+
+
+def test_engine_models_have_no_cache_and_follow_their_pods_to_ready(
+    api_client: client.ApiClient, namespace: str, operator: OperatorProcess
+) -> None:
+    # Restricted Pod Security, as for the tiny model: a native sidecar with its writable root passes too.
+    labels = {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": "latest",
+    }
+    code, answer = raw(
+        api_client,
+        "PATCH",
+        f"/api/v1/namespaces/{namespace}",
+        {"metadata": {"labels": labels}},
+        content_type="application/merge-patch+json",
+    )
+    assert code == 200, answer
+    create_model(api_client, namespace, "stub", {"engine": {"name": "stub"}})
+    webui = {
+        "name": "automatic1111",
+        "url": "http://sd-webui.tools.svc:7860",
+        "credentialsSecretRef": {"name": "a", "key": "k"},
+    }
+    create_model(api_client, namespace, "webui", {"engine": webui})
+    comfy = {"name": "comfyui", "image": "registry.example/comfyui:1", "model": "sd_xl_base_1.0.safetensors"}
+    create_model(api_client, namespace, "comfy", {"engine": comfy, "resources": {"profile": "nvidia-l4"}})
+    for name in ("stub", "webui", "comfy"):
+        model = wait_phase(api_client, namespace, name, "Ready", CacheReady="NotNeeded", Ready="Ready")
+        assert "cache" not in model["status"] and model["status"]["ready"] == "1/1"
+        kids = children(api_client, namespace, name)
+        assert kids["pvc"] == [] and kids["job"] == [], f"{name}: no claim and no cache Job"
+        assert [d["metadata"]["name"] for d in kids["deployment"]] == [f"im-{name}"]
+        assert [s["metadata"]["name"] for s in kids["service"]] == [f"im-{name}"]
+    assert (get_model(api_client, namespace, "stub") or {})["status"]["smokeTest"] is True
+
+    [pod] = children(api_client, namespace, "comfy")["pod"]
+    assert pod["spec"]["nodeName"].startswith("gpu-node-"), "the sidecar's GPU puts the pod on a GPU node"
+    [sidecar] = pod["spec"]["initContainers"]
+    assert sidecar["restartPolicy"] == "Always" and sidecar["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    [server] = pod["spec"]["containers"]
+    assert "nvidia.com/gpu" not in json.dumps(server["resources"])
+    assert server["image"] == f"ghcr.io/kubediffusion/kubediffusion:{__version__}", "the operator's own small image"
+    rows = {row["Name"]: row for row in table(api_client, namespace)}
+    assert rows["webui"]["Source"] == "automatic1111: http://sd-webui.tools.svc:7860"
+    assert rows["comfy"]["Source"] == "comfyui: sidecar registry.example/comfyui:1"
+    assert rows["stub"]["Source"] == "stub (smoke test)"

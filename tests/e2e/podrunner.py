@@ -10,7 +10,10 @@ tests/e2e/podstatus.py), and stops the process when the pod is deleted.
 Env ``valueFrom.secretKeyRef`` is resolved as the kubelet resolves it: a Secret or key that does not
 exist (and is not optional) keeps the container from starting, waiting with reason
 ``CreateContainerConfigError`` and the kubelet's own message, retried until it exists. ``image_env``
-stands for the ENV an image sets (by image reference), under the pod's own env.
+stands for the ENV an image sets (by image reference), under the pod's own env. Secret and ConfigMap
+volumes are written as the kubelet projects them (each key, or each of ``items``, a file) before every
+start; a missing one keeps the container from starting too (a kubelet reports that as a FailedMount
+event, with the pod ContainerCreating: close enough for the tests, which read the logs).
 
 Path mapping: a process cannot see ``/models``, so every env value or argument that starts with a volume
 mount path is rewritten to the local directory backing that volume (PVCs use the test provisioner's
@@ -270,8 +273,39 @@ class PodRunner:
             raise ContainerConfigError(f"couldn't find key {ref.key} in Secret {namespace}/{ref.name}")
         return base64.b64decode(data[ref.key]).decode()
 
+    def _project_volumes(self, pod: RunningPod) -> None:
+        """Secret and ConfigMap volumes as files in the pod's directories for them."""
+        for volume in pod.spec.volumes or []:
+            if volume.secret is not None:
+                source, name, kind = volume.secret, volume.secret.secret_name, "secret"
+                read = self.core.read_namespaced_secret
+            elif volume.config_map is not None:
+                source, name, kind = volume.config_map, volume.config_map.name, "configmap"
+                read = self.core.read_namespaced_config_map
+            else:
+                continue
+            try:
+                found = read(name, pod.namespace)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                if source.optional:
+                    continue
+                raise ContainerConfigError(f'volume "{volume.name}": {kind} "{name}" not found') from None
+            data = {
+                key: base64.b64decode(value) if kind == "secret" else value.encode()
+                for key, value in (found.data or {}).items()
+            }
+            for key, path in [(item.key, item.path) for item in source.items or []] or [(k, k) for k in data]:
+                if key not in data:
+                    raise ContainerConfigError(f'volume "{volume.name}": no key {key} in {kind} "{name}"')
+                target = pod.mounts[volume.name] / path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data[key])
+
     def _start_process(self, pod: RunningPod) -> None:
         container = self._container(pod)
+        self._project_volumes(pod)
         env = self._environment(pod)
         argv = [_expand(part, env) for part in [*(container.command or []), *(container.args or [])]]
         argv = [self._rewrite(pod, part) for part in argv]

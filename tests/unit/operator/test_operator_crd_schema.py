@@ -10,14 +10,17 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
+from kubediffusion.imagemodel.engine import Engine, EnvVar
 from kubediffusion.imagemodel.resource import API_VERSION, KIND, PLURAL
 from kubediffusion.imagemodel.spec import Autoscaling, ImageModelSpec
+from kubediffusion.imagemodel.wire import KeyRef
+from tests.support.examples import image_model, image_model_examples
 
 ROOT = Path(__file__).resolve().parents[3]
 CRD = yaml.safe_load((ROOT / "crds" / "imagemodel.yaml").read_text())
 VERSION = CRD["spec"]["versions"][0]
 SCHEMA = VERSION["schema"]["openAPIV3Schema"]
-EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.yaml") if "kind: ImageModel" in p.read_text())
+EXAMPLES = image_model_examples()
 
 
 def test_names_follow_the_contract() -> None:
@@ -59,12 +62,16 @@ def _aliases(model: type[BaseModel]) -> set[str]:
         (("cache",), ImageModelSpec.model_fields["cache"].annotation),
         (("serving",), ImageModelSpec.model_fields["serving"].annotation),
         (("autoscaling",), Autoscaling),
+        (("engine",), Engine),
+        (("engine", "credentialsSecretRef"), KeyRef),
+        (("engine", "workflowConfigMapRef"), KeyRef),
+        (("engine", "env", "items"), EnvVar),
     ],
 )
 def test_schema_and_typed_spec_have_the_same_fields(path: tuple[str, ...], model: Any) -> None:
     schema = SCHEMA["properties"]["spec"]
     for key in path:
-        schema = schema["properties"][key]
+        schema = schema["properties"][key] if key != "items" else schema["items"]
     assert _properties(schema) == _aliases(model)
 
 
@@ -78,7 +85,7 @@ def test_shared_generation_models_match_the_schema(field: str) -> None:
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_examples_are_valid(path: Path) -> None:
-    doc = yaml.safe_load(path.read_text())
+    doc = image_model(path)
     jsonschema.validate(doc, SCHEMA)  # the OpenAPI part; CEL rules are checked by the cluster tests
     ImageModelSpec.from_body(doc)
 

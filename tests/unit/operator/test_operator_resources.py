@@ -354,6 +354,31 @@ GOLDEN_CASES = {
     "huggingface": {**HF, "resources": {"profile": "nvidia-l4"}, "aliases": ["dall-e-2"]},
     "tiny-cpu": {"source": {"tiny": {}}, "resources": {"gpus": 0}, "cache": {"retainOnDelete": False, "size": "1Gi"}},
     "url": {"source": {"url": "https://models.example/sdxl.tar.gz"}, "cache": {"size": "40Gi"}},
+    # Engines other than diffusers: no claim, no Job, no weights volume (test_operator_engine_pod.py).
+    "automatic1111-url": {
+        "engine": {
+            "name": "automatic1111",
+            "url": "http://sd-webui.tools.svc:7860",
+            "credentialsSecretRef": {"name": "sd-webui-auth", "key": "auth"},
+            "model": "v1-5-pruned-emaonly.safetensors [6ce0161689]",
+            "maxN": 4,
+            "timeoutSeconds": 300,
+        },
+        "aliases": ["sd15-webui"],
+        "defaults": {"steps": 20, "guidance": 7.0, "size": "512x512"},
+    },
+    "comfyui-sidecar": {
+        "engine": {
+            "name": "comfyui",
+            "image": "registry.example/comfyui:1",
+            "args": ["--port", "8188"],
+            "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}],
+            "workflowConfigMapRef": {"name": "comfyui-workflow", "key": "sdxl.json"},
+            "sampler": "dpmpp_2m",
+        },
+        "resources": {"profile": "nvidia-l4"},
+    },
+    "stub": {"engine": {"name": "stub"}, "resources": {"gpus": 0}},
     "per-node": {"source": {"url": "https://models.example/sdxl.tar.gz"}, "cache": {"mode": "perNode", "size": "40Gi"}},
 }
 GOLDEN_POLICY = DownloadPolicy(allowed_networks=("10.20.0.0/16",), allowed_hosts=("models.example",))
