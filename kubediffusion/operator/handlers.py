@@ -1,18 +1,24 @@
 """kopf registration only: every handler is parse → build → apply → status via :func:`reconcile`.
 
-One reconcile serves create, update and resume (react to changes at once), events of the model's pods
-(a crash or a finished cache Job shows in status at once) and a timer (level-triggered resync that also
-corrects drift). Waiting is an exception: while a model converges the *timer* raises
-``kopf.TemporaryError(delay=poll_seconds)``, so a new model has one polling loop; create/resume handlers
-apply once and leave the waiting to it, an update handler follows its own rollout until the timer of a
-settled model wakes at the next resync and takes over (see :func:`follows_update`). A refused spec is
-``kopf.PermanentError`` (no retry storm); the timer still looks at it every resync, so a refusal that
-no longer holds (the operator's settings changed) heals without an edit.
+One reconcile serves create, update and resume (react to changes at once, in kopf's thread pool), and
+in the background (:mod:`~kubediffusion.operator.workqueue`, a few threads of our own): events of the
+model's pods, cache Job and Deployment (a crash, a finished download, a rollout that became
+available shows in status at once), a poll of a converging model ``poll_seconds`` after its last
+reconcile, and a resync of every model each ``resync_seconds`` (a kopf timer; it also corrects drift
+and heals a refusal that no longer holds). Waiting is not sleeping: a reconcile that finds the model
+still converging asks the queue to look again later, as controller-runtime's ``RequeueAfter`` does.
+kopf's retries (``TemporaryError``) gave every model its own polling loop in kopf's thread pool (and
+patched the ImageModel on every retry of a change handler): with 50 models converging at once the
+polls outnumbered the threads and the creation of new models waited behind them. A refused spec is
+``kopf.PermanentError`` for a change handler (no retry storm).
 
-Handlers are sync (kopf runs them in a thread pool) with lightkube's sync client; a per-model lock
-keeps the timer and a change handler from reconciling the same model at once. The autoscaler is a
-task of kopf's event loop started at startup (:mod:`kubediffusion.operator.autoscaler.loop`); it writes
-``/scale``, and the update handler applies the new spec.replicas like any other change.
+Handlers are sync with lightkube's sync client, whose connection pool has a connection for every
+thread that calls it; :class:`~kubediffusion.operator.runs.Runs` keeps two reconciles of one model
+from running at once and queues the model again when a request arrived during one, instead of
+dropping it. Events are posted by the reconcile itself (``kopf.event`` needs a handler's context,
+which the queue's threads have not). The autoscaler is a task of kopf's event loop started at
+startup (:mod:`kubediffusion.operator.autoscaler.loop`); it writes ``/scale``, and the update handler
+applies the new spec.replicas like any other change.
 """
 
 from __future__ import annotations
@@ -20,8 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -29,70 +34,29 @@ import kopf
 from kubediffusion.imagemodel import names
 from kubediffusion.imagemodel.resource import GROUP, PLURAL, VERSION
 from kubediffusion.operator.autoscaler.loop import run_autoscaler
-from kubediffusion.operator.kube import Kube, new_client
+from kubediffusion.operator.kube import Kube, KubeError, new_client
 from kubediffusion.operator.reconcile import Outcome, Refused, reconcile
+from kubediffusion.operator.runs import Runs
 from kubediffusion.operator.settings import OperatorSettings
 from kubediffusion.operator.status import Event
+from kubediffusion.operator.workqueue import WorkQueue, start_workers
 
 ANNOTATION_PREFIX = GROUP
 FINALIZER = "kubediffusion.io/operator"
-POD_SELECTOR = f"app.kubernetes.io/managed-by={names.FIELD_MANAGER},{names.MODEL_LABEL}"
+log = logging.getLogger(__name__)
+CHILD_SELECTOR = f"app.kubernetes.io/managed-by={names.FIELD_MANAGER},{names.MODEL_LABEL}"
+# Children whose events reconcile their model: (group, version, plural) as kopf names them.
+CHILD_RESOURCES = (("", "v1", "pods"), ("batch", "v1", "jobs"), ("apps", "v1", "deployments"))
+CHILD_LABELS: dict[str, Any] = {names.MODEL_LABEL: kopf.PRESENT, "app.kubernetes.io/managed-by": names.FIELD_MANAGER}
+WORKERS = 16  # kopf's handler threads: change handlers of different models at once
+QUEUE_WORKERS = 8  # threads that reconcile models in the background (workqueue.py)
+API_CONNECTIONS_BESIDES_WORKERS = 4  # the autoscaler's reads and /scale writes
+# A child's event waits this long for the others of the same change (a finished Job: its pod, then the
+# Job twice; a rollout: the Deployment, its pods, the Deployment again) to make one reconcile of them.
+GATHER_SECONDS = 0.2
 
 
-class _Entry:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.users = 0  # holding or waiting
-
-
-class Locks:
-    """One lock per model, kept only while someone holds or waits for it (models come and go)."""
-
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._entries: dict[str, _Entry] = {}
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    @contextlib.contextmanager
-    def hold(self, key: str, *, block: bool) -> Iterator[bool]:
-        """Yields whether the lock was taken (always, when ``block``)."""
-        with self._guard:
-            entry = self._entries.setdefault(key, _Entry())
-            entry.users += 1
-        acquired = False
-        try:
-            acquired = entry.lock.acquire(blocking=block)
-            yield acquired
-        finally:
-            if acquired:
-                entry.lock.release()
-            with self._guard:
-                entry.users -= 1
-                if entry.users == 0:
-                    del self._entries[key]
-
-
-def _post(body: Mapping[str, Any], event: Event) -> None:
-    kopf.event(dict(body), type=event.type, reason=event.reason, message=event.message)  # type: ignore[arg-type]
-
-
-def follows_update(outcome: Outcome | None, retry: int, config: OperatorSettings) -> bool:
-    """Whether the update handler polls again (raises TemporaryError) after its ``retry``-th attempt.
-
-    On create/resume the timer starts at once and polls; after an update of a settled model it sleeps
-    until the next resync, so the update handler follows the rollout itself, but only until then: the
-    timer has run by then and polls a converging model itself. Each retry of a change handler is a patch
-    of the ImageModel (kopf keeps its progress in annotations), so an endless one (a Degraded model, an
-    hour-long download) would churn the object every poll for every watcher.
-    """
-    if outcome is None or not outcome.converging:
-        return False
-    return (retry + 1) * config.poll_seconds <= config.resync_seconds
-
-
-def configure_kopf(settings: kopf.OperatorSettings) -> None:
+def configure_kopf(settings: kopf.OperatorSettings, *, workers: int = WORKERS) -> None:
     """kopf's own settings for this operator (the startup handler applies them)."""
     # Progress and diff-base in annotations: the status schema stays strict (no status.kopf).
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
@@ -100,19 +64,27 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     # kopf puts a finalizer on models with timers (to stop the timer before the object goes); name it
     # ours. Deleting an ImageModel while no operator runs waits for it (or remove the finalizer).
     settings.persistence.finalizer = FINALIZER
-    # Events: only ours (kopf.event on transitions), not one per log line ("failed temporarily" polls).
+    # Events: only ours (the reconcile posts them on transitions), not kopf's, one per log line.
     settings.posting.level = logging.CRITICAL
-    settings.execution.max_workers = 16
+    settings.execution.max_workers = workers
     # No watching of CRDs/namespaces (no RBAC for them): the CRD must exist before the operator starts.
     settings.scanning.disabled = True
     settings.watching.server_timeout = 300
-    # Only our children's pods, filtered by the API server (the handler's labels= filter is client-side).
-    settings.watching.label_selectors["pods"] = POD_SELECTOR
+    # Only our children, filtered by the API server (the handlers' labels= filter is client-side).
+    for resource in CHILD_RESOURCES:
+        settings.watching.label_selectors[resource] = CHILD_SELECTOR
 
 
-def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
+def connect(config: OperatorSettings) -> Kube:
+    return Kube(new_client(connections=WORKERS + QUEUE_WORKERS + API_CONNECTIONS_BESIDES_WORKERS))
+
+
+def register(
+    registry: kopf.OperatorRegistry, config: OperatorSettings, connect: Callable[[OperatorSettings], Kube] = connect
+) -> None:
     """Register the operator's handlers into ``registry`` (a fresh one per operator instance)."""
-    locks = Locks()
+    background = WorkQueue()
+    runs = Runs(requeue=background.add)
     state: dict[str, Kube] = {}
     tasks: set[asyncio.Task[None]] = set()
 
@@ -125,68 +97,85 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure_kopf(settings)
-        state["kube"] = Kube(new_client())
+        state["kube"] = connect(config)
+        start_workers(background, QUEUE_WORKERS, reconcile_in_background)
         if config.autoscale_interval_seconds > 0:
             # A task of kopf's own loop, stopped at cleanup.
             tasks.add(asyncio.create_task(run_autoscaler(state["kube"], config), name="autoscaler"))
 
     @kopf.on.cleanup(registry=registry)
     async def stop(**_: Any) -> None:
+        background.close()  # workers end after the reconcile they are in (daemon threads: exit does not wait)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         tasks.clear()
 
-    def run(namespace: str, name: str, *, block: bool) -> Outcome | None:
-        with locks.hold(f"{namespace}/{name}", block=block) as held:
-            if not held:
-                raise kopf.TemporaryError("another reconcile of this model is running", delay=config.poll_seconds)
+    def post(body: Mapping[str, Any], event: Event) -> None:
+        try:
+            state["kube"].post_event(body, event.type, event.reason, event.message)
+        except KubeError as exc:  # the status says it too; an Event is not worth failing the reconcile
+            log.warning("could not post the %s Event about %s: %s", event.reason, body["metadata"]["name"], exc)
+
+    def reconciler(namespace: str, name: str) -> Callable[[], Outcome | None]:
+        key = f"{namespace}/{name}"
+
+        def run() -> Outcome | None:
             try:
-                return reconcile(state["kube"], config, namespace=namespace, name=name, post_event=_post)
+                outcome = reconcile(state["kube"], config, namespace=namespace, name=name, post_event=post)
             except Refused as exc:
+                background.forget_later(key)  # nothing changes until someone edits the spec (or the resync)
                 raise kopf.PermanentError(str(exc)) from None
+            except Exception:
+                background.add_after(key, config.poll_seconds)  # an API server error: try again
+                raise
+            if outcome is not None and outcome.converging:
+                background.add_after(key, config.poll_seconds)
+            else:
+                background.forget_later(key)
+            return outcome
+
+        return run
 
     @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
     @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
     @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry)
     def on_change(
-        *,
-        namespace: str | None,
-        name: str,
-        reason: str,
-        retry: int,
-        logger: logging.Logger | logging.LoggerAdapter[Any],
-        **_: Any,
+        *, namespace: str | None, name: str, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
     ) -> None:
-        outcome = run(namespace or "", name, block=True)
-        if outcome is None:
-            return
-        logger.info("reconciled: %s %s", outcome.phase, outcome.message)
-        if reason == "update" and follows_update(outcome, retry, config):
-            raise kopf.TemporaryError(f"{outcome.phase}: {outcome.message}", delay=config.poll_seconds)
+        ns = namespace or ""
+        outcome = runs.wait_and_run(f"{ns}/{name}", reconciler(ns, name))
+        if outcome is not None:
+            logger.info("reconciled: %s %s", outcome.phase, outcome.message)
 
-    @kopf.on.event(
-        "",
-        "v1",
-        "pods",
-        labels={names.MODEL_LABEL: kopf.PRESENT, "app.kubernetes.io/managed-by": names.FIELD_MANAGER},
-        registry=registry,
+    def reconcile_in_background(key: str) -> None:
+        ns, _, name = key.partition("/")
+        # If a change handler is reconciling the model, the model comes back here after it (runs.py). A
+        # refused spec has already reported itself; a failed API call is tried again after poll_seconds.
+        with contextlib.suppress(kopf.PermanentError, KubeError):
+            runs.run_or_defer(key, reconciler(ns, name))
+
+    async def on_child(*, type: str | None, namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+        # A child changed (a pod ready, crashed or unschedulable, a cache Job finished, a Deployment
+        # available): status follows at once instead of at the next poll. A listing (type None: at start,
+        # or after a lost watch) is skipped: resume reconciles every model, polls and resyncs the rest.
+        if type is not None:
+            background.add(f"{namespace or ''}/{labels[names.MODEL_LABEL]}", within=GATHER_SECONDS)
+
+    for group, version, plural in CHILD_RESOURCES:
+        kopf.on.event(group, version, plural, labels=CHILD_LABELS, registry=registry)(on_child)
+
+    @kopf.timer(
+        GROUP, VERSION, PLURAL, interval=config.resync_seconds, initial_delay=config.resync_seconds, registry=registry
     )
-    def on_child_pod(*, namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
-        # A child pod changed (ready, crashed, unschedulable, finished, gone): status follows at once instead
-        # of at the next resync. Best effort: if a reconcile of this model is running, it (or the timer)
-        # sees the same pod; a refused spec has already reported itself.
-        with contextlib.suppress(kopf.TemporaryError, kopf.PermanentError):
-            run(namespace or "", labels[names.MODEL_LABEL], block=False)
-
-    @kopf.timer(GROUP, VERSION, PLURAL, interval=config.resync_seconds, registry=registry)
-    def resync(*, namespace: str | None, name: str, **_: Any) -> None:
-        outcome = run(namespace or "", name, block=False)
-        if outcome is not None and outcome.converging:
-            raise kopf.TemporaryError(f"{outcome.phase}: {outcome.message}", delay=config.poll_seconds)
+    async def resync(*, namespace: str | None, name: str, **_: Any) -> None:
+        # Level-triggered: the whole desired state again, drift corrected, even if nothing was heard of.
+        background.add(f"{namespace or ''}/{name}")
 
 
-def make_registry(config: OperatorSettings) -> kopf.OperatorRegistry:
+def make_registry(
+    config: OperatorSettings, connect: Callable[[OperatorSettings], Kube] = connect
+) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
-    register(registry, config)
+    register(registry, config, connect)
     return registry

@@ -7,13 +7,16 @@ models do not know: only fields the operator reads matter here).
 
 Writes are server-side apply of whole objects (field manager ``kubediffusion-operator``, force), so
 applying twice is a no-op and someone else's edit to a field we manage is taken back on the next
-reconcile. The ImageModel's status is applied the same way on its status subresource: a field the
-operator stops applying is removed by the API server. Tests point this at the real API server.
+reconcile (which skips the PATCH of a child that is already as desired: :mod:`.applied`). The
+ImageModel's status is applied the same way on its status subresource: a field the operator stops
+applying is removed by the API server. Tests point this at the real API server.
 """
 
 from __future__ import annotations
 
 import contextlib
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -21,7 +24,8 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import httpx2
-from lightkube import ALL_NS, ApiError, Client
+from lightkube import ALL_NS, ApiError, Client, KubeConfig
+from lightkube.config.client_adapter import verify_cluster
 from lightkube.core.resource import NamespacedResource
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment
@@ -202,6 +206,32 @@ class Kube:
             self.client.create(cast(Event, Event.from_dict(event)), namespace=meta["namespace"])
 
 
-def new_client() -> Client:
-    """In-cluster service account, else $KUBECONFIG / ~/.kube/config."""
-    return Client(field_manager=FIELD_MANAGER, timeout=httpx2.Timeout(TIMEOUT))
+def new_client(connections: int = 20) -> Client:
+    """In-cluster service account, else $KUBECONFIG / ~/.kube/config; ``connections`` kept open at most.
+
+    A pool smaller than the number of threads that call the API server at once makes them queue for a
+    connection or open and close extra ones (a TLS handshake each): the handlers pass their worker count
+    (plus the autoscaler's). lightkube takes no pool limits, so the transport is built here, with
+    lightkube's own TLS setup; a proxy the environment names for the API server is still used.
+    """
+    config = KubeConfig.from_env().get()
+    if config is None or config.user is None:  # from_env raises first; typed as optional
+        raise RuntimeError("no Kubernetes configuration: neither in a cluster nor $KUBECONFIG")
+    limits = httpx2.Limits(max_connections=connections, max_keepalive_connections=connections)
+    tls = verify_cluster(config.cluster, config.user, config.abs_file)
+    proxy = _env_proxy(config.cluster.server)
+    return Client(
+        config,
+        field_manager=FIELD_MANAGER,
+        timeout=httpx2.Timeout(TIMEOUT),
+        transport=httpx2.HTTPTransport(verify=tls, limits=limits),
+        proxy=proxy,
+    )
+
+
+def _env_proxy(server: str) -> str | None:
+    """The proxy $HTTPS_PROXY/$HTTP_PROXY name for ``server`` unless $NO_PROXY exempts it (as httpx read them)."""
+    url = urllib.parse.urlsplit(server)
+    if urllib.request.proxy_bypass(url.hostname or ""):
+        return None
+    return urllib.request.getproxies().get(url.scheme)

@@ -26,6 +26,7 @@ class Context:
     image: str
     hardware: HardwareProfile
     download: DownloadPolicy = HTTPS_ONLY
+    otlp_endpoint: str = ""  # where the model server exports its spans (the operator's setting); "" = none
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """One level-triggered reconcile of one ImageModel: read → parse → observe → build → apply → status.
 
-It applies the whole desired state every time and is safe to run twice or concurrently with a
-restart: children have fixed names, so a second run finds what the first made. Everything it learns
+It makes the whole desired state true every time and is safe to run twice or concurrently with a
+restart: children have fixed names, so a second run finds what the first made. Each child is read and
+server-side applied unless it is already as desired (:mod:`~kubediffusion.operator.applied`: drift is
+still applied back on every reconcile). Everything it learns
 goes into one :class:`~kubediffusion.operator.status.Observation` (including a child the API server
 refused), from which the status is derived once and server-side applied, unless it did not change.
 Waiting is not done here: the returned :class:`Outcome` says whether the model is still converging,
@@ -32,10 +34,11 @@ from kubediffusion.imagemodel.status import (
     ImageModelStatus,
 )
 from kubediffusion.operator import status
+from kubediffusion.operator.applied import stamped, up_to_date
 from kubediffusion.operator.cache import plan_cache
 from kubediffusion.operator.kube import Kube, KubeError
 from kubediffusion.operator.parts import pinned_to_one_node
-from kubediffusion.operator.policy import image_refusal
+from kubediffusion.operator.policy import images_refusal, server_image
 from kubediffusion.operator.problems import Failure, is_true
 from kubediffusion.operator.problems import field as get
 from kubediffusion.operator.resources import (
@@ -51,6 +54,7 @@ from kubediffusion.operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
 
+_UNREAD: Any = object()  # apply(): the live child is not known yet
 CONVERGING_PHASES = frozenset({"Pending", "Caching", "Loading", "Degraded"})
 # Degraded for these, nothing changes until someone edits the spec (a failed download of new weights while
 # the old ones serve: the Job failed for good, or there is no room for a second copy).
@@ -145,8 +149,10 @@ def _observe(
             refused=refused or Failure(INVALID_SPEC, "spec could not be parsed"),
         )
     owner = names.Owner(name=name, namespace=namespace, uid=meta["uid"])
-    image = spec.image or settings.inference_image
-    ctx = Context(owner=owner, image=image, hardware=hardware, download=settings.download)
+    image = server_image(spec, inference_image=settings.inference_image, adapter_image=settings.adapter_image)
+    ctx = Context(
+        owner=owner, image=image, hardware=hardware, download=settings.download, otlp_endpoint=settings.otlp_endpoint
+    )
     return _apply_children(kube, spec, ctx, generation, cache_volume(spec, name), previous_cache)
 
 
@@ -156,12 +162,17 @@ def _refusal(spec: ImageModelSpec, settings: OperatorSettings) -> Failure | None
     A token Secret is not looked up here: the operator has no access to Secrets. The kubelet resolves
     it for the cache Job's pod, and a missing one shows there as ``SecretNotFound``.
     """
-    refused = image_refusal(spec.image, settings.allowed_images, settings.inference_image)
+    refused = images_refusal(spec, settings.allowed_images, (settings.inference_image, settings.adapter_image))
     return refused or settings.download.refusal(spec.source)
 
 
-def _observe_job(kube: Kube, desired: Mapping[str, Any] | None) -> tuple[Any, list[Any], bool]:
+def _observe_job(
+    kube: Kube, desired: Mapping[str, Any] | None, known: CacheStatus | None = None
+) -> tuple[Any, list[Any], bool]:
     """The cache Job and its pods, if it matches the desired one; ``replaced`` when a stale one was deleted.
+
+    The pods of a complete Job are not listed again once the status has what they told (``known``:
+    the revision and size of this very copy, from a reconcile that read them): they change no more.
 
     A stale Job is deleted and re-created on the next pass, once it is gone: a new source, a new
     directory or keep-list (even when finished: its re-run prunes the copies no pod reads any more,
@@ -195,6 +206,13 @@ def _observe_job(kube: Kube, desired: Mapping[str, Any] | None) -> tuple[Any, li
         # pods never write the same volume at once.
         kube.delete("Job", meta["namespace"], meta["name"], propagation="Foreground")
         return None, [], True
+    recorded = (
+        known is not None
+        and known.completed_at is not None
+        and (known.key, known.path) == (wanted[names.CACHE_KEY_ANNOTATION], wanted.get(names.CACHE_PATH_ANNOTATION))
+    )
+    if complete and recorded:
+        return job, [], False
     uid = job["metadata"]["uid"]
     pods = kube.list("Pod", meta["namespace"], {"batch.kubernetes.io/controller-uid": uid})
     return job, pods, False
@@ -211,37 +229,47 @@ def _apply_children(
     ns, name = ctx.owner.namespace, ctx.owner.name
     rejected: list[Failure] = []
 
-    def apply(obj: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    def apply(obj: Mapping[str, Any] | None, live: Any = _UNREAD) -> dict[str, Any] | None:
+        """Server-side apply ``obj`` unless ``live`` (read now, unless given) is already as desired."""
         if obj is None:
             return None
+        kind, obj_name = obj["kind"], obj["metadata"]["name"]
+        if live is _UNREAD:
+            live = kube.get(kind, ns, obj_name)
+        if up_to_date(obj, live):
+            return dict(live)
         try:
-            return kube.apply(obj)
+            return kube.apply(stamped(obj))
         except KubeError as exc:
             if exc.status >= 500:
                 raise  # transient: kopf retries the handler with backoff
-            kind, obj_name = obj["kind"], obj["metadata"]["name"]
             rejected.append(Failure(APPLY_REJECTED, f"{kind} {obj_name}: {exc.message}"))
             return kube.get(kind, ns, obj_name)
 
     before = kube.get("Deployment", ns, names.deployment_name(name))
+    # No Deployment: a new model (or one whose children were deleted): apply, do not read first what is
+    # most likely not there. The Job is read anyway (a stale one is replaced).
+    unread = None if before is None else _UNREAD
     claim = None
     if not spec.per_node_cache:
-        claim = apply(build_cache_pvc(spec, ctx.owner)) or kube.get("PersistentVolumeClaim", ns, volume.claim_name)
+        pvc = build_cache_pvc(spec, ctx.owner)
+        claim = apply(pvc, live=unread) or kube.get("PersistentVolumeClaim", ns, volume.claim_name)
     pin = pinned_to_one_node(spec, get(claim, "spec", "accessModes"))
     plan = plan_cache(spec, previous_cache, before) if spec.source.needs_fetch else None
     desired_job = None
     if plan is not None:
         desired_job = build_cache_job(spec, ctx, dest=plan.target.path, keep=plan.keep, pin=pin)
-    job, job_pods, replaced = _observe_job(kube, desired_job)
+    job, job_pods, replaced = _observe_job(kube, desired_job, previous_cache)
     if desired_job is not None and not replaced and (job is None or not is_true(job, "Complete")):
-        job = apply(desired_job)  # an unchanged Job re-applies as a no-op
+        job = apply(desired_job, live=job)
     seen = status.Observed(claim=claim, job=job, job_pods=job_pods, deployment=before)
     cache = status.cache_state(spec, volume, seen, previous_cache, plan)
-    apply(build_service(spec, ctx.owner))
+    apply(build_service(spec, ctx.owner), live=unread)
     target = plan.target if plan is not None else None
     weights = target if cache.ready else (cache.serving or target)
     replicas = spec.desired_replicas if cache.serves else 0
-    deployment = apply(build_deployment(spec, ctx, replicas=replicas, weights=weights, pin=pin))
+    # ``before`` was read in this reconcile: a change since is an event of the Deployment, which reconciles again.
+    deployment = apply(build_deployment(spec, ctx, replicas=replicas, weights=weights, pin=pin), live=before)
     pods = kube.list("Pod", ns, names.selector(name)) if deployment is not None else []
     children = status.Observed(claim=claim, job=job, job_pods=job_pods, deployment=deployment, pods=pods)
     if spec.per_node_cache:

@@ -120,8 +120,9 @@ def build_deployment(
     """The model's pods, reading the weights at ``weights`` (default: the spec's own copy).
 
     The reconcile decides ``replicas`` (0 while no copy can serve), ``weights`` (the copy that serves
-    while a new one downloads beside it) and ``pin`` (a ReadWriteOnce cache: every pod on one node,
-    see :func:`~kubediffusion.operator.parts.scheduling`). A perNode cache is a generic ephemeral
+    while a new one downloads beside it), ``pin`` (a ReadWriteOnce cache: every pod on one node,
+    see :func:`~kubediffusion.operator.parts.scheduling`). ``ctx.otlp_endpoint`` reaches the model
+    server (and only it) as KD_INFERENCE_OTLP_ENDPOINT. A perNode cache is a generic ephemeral
     volume per pod that an init container running fetch-model fills before the server starts. A model
     of another engine than diffusers reads no weights (``weights`` and ``pin`` do not apply to it): its
     pod is :func:`~kubediffusion.operator.engine_pod.engine_pod_spec`.
@@ -138,6 +139,9 @@ def build_deployment(
     else:
         pod_spec = engine_pod_spec(spec, ctx)
         pod_labels[names.ENGINE_LABEL] = spec.engine.name  # e.g. for a NetworkPolicy that lets it reach its engine
+    if ctx.otlp_endpoint:  # the operator's collector: our server exports its spans there (docs/observability.md)
+        server = next(c for c in pod_spec["containers"] if c["name"] == "inference")
+        server["env"] = [*server["env"], {"name": "KD_INFERENCE_OTLP_ENDPOINT", "value": ctx.otlp_endpoint}]
     if ctx.hardware.priority_class_name:
         pod_spec["priorityClassName"] = ctx.hardware.priority_class_name
     if ctx.hardware.runtime_class_name:

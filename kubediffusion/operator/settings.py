@@ -13,10 +13,12 @@ from typing import Annotated
 from pydantic import AfterValidator, BeforeValidator, Field
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from kubediffusion import __version__
 from kubediffusion.imagemodel.spec import HardwareProfile
 from kubediffusion.operator.policy import DownloadPolicy
 
 DEFAULT_IMAGE = "ghcr.io/kubediffusion/inference:0.1.0"
+DEFAULT_ADAPTER_IMAGE = f"ghcr.io/kubediffusion/kubediffusion:{__version__}"  # the operator's own (no torch)
 
 
 def _items(value: object) -> object:
@@ -58,6 +60,12 @@ def _selector(text: str) -> str:
     return text
 
 
+def _otlp_url(text: str) -> str:
+    if text and (not text.startswith(("http://", "https://")) or any(c.isspace() for c in text)):
+        raise ValueError(f"{text!r} is not an http(s) URL (e.g. http://otel-collector.monitoring:4318)")
+    return text
+
+
 Items = Annotated[list[str], NoDecode, BeforeValidator(_items), AfterValidator(_no_blanks)]
 Selector = Annotated[str, AfterValidator(_selector)]
 Networks = Annotated[list[str], NoDecode, BeforeValidator(_networks)]
@@ -82,6 +90,11 @@ class OperatorSettings(BaseSettings):
 
     namespace: str = Field(default="", description="comma-separated namespaces to watch; empty = all")
     inference_image: str = Field(default=DEFAULT_IMAGE, description="image of the model pods (spec.image wins)")
+    adapter_image: str = Field(
+        default=DEFAULT_ADAPTER_IMAGE,
+        description="image of the model server in front of another engine than diffusers, and of the stub"
+        " (no torch; spec.image wins)",
+    )
     profiles: dict[str, HardwareProfile] = Field(
         default_factory=dict,
         description='hardware profiles, JSON: {"nvidia-l4": {"gpus": 1, "nodeSelector": {...}}, ...}',
@@ -125,6 +138,11 @@ class OperatorSettings(BaseSettings):
     router_selector: Selector = Field(
         default="",
         description="label selector (k=v,k2=v2) of the router pods; empty = demand from model pods only",
+    )
+    otlp_endpoint: Annotated[str, AfterValidator(_otlp_url)] = Field(
+        default="",
+        description="OTLP/HTTP collector base URL the model pods send OpenTelemetry spans to (their"
+        " KD_INFERENCE_OTLP_ENDPOINT); empty = pods do not trace",
     )
     health_port: int = Field(default=8080, ge=0, le=65535, description="liveness port, /healthz (0 = none)")
     verbose: bool = Field(default=False, description="debug logging")

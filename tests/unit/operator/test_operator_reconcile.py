@@ -1,4 +1,5 @@
-"""The reconcile against an in-memory API server (the status it applies, once), and when its handlers poll."""
+"""The reconcile against an in-memory API server: the status it applies (once), the children it applies (when not
+already as desired). When its handlers poll: test_operator_handlers.py."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from kubediffusion.imagemodel import names
 from kubediffusion.imagemodel import status as st_reasons
 from kubediffusion.imagemodel.status import APPLY_REJECTED, ImageModelStatus
 from kubediffusion.operator import status as st
-from kubediffusion.operator.handlers import configure_kopf, follows_update
+from kubediffusion.operator.handlers import configure_kopf
 from kubediffusion.operator.kube import KubeError
 from kubediffusion.operator.reconcile import Outcome, Refused, reconcile
 from kubediffusion.operator.settings import OperatorSettings
@@ -184,17 +185,6 @@ def test_a_model_scaled_to_zero_or_refused_by_the_api_server_is_settled_not_conv
     assert not Outcome("Ready", "1/1 pods ready", st_reasons.READY).converging
 
 
-@pytest.mark.parametrize(("retry", "follows"), [(0, True), (5, True), (11, True), (12, False), (500, False)])
-def test_the_update_handler_follows_a_rollout_only_until_the_timer_takes_over(retry: int, follows: bool) -> None:
-    # Each retry of a change handler patches kopf's progress annotations on the ImageModel: a model
-    # that stays Degraded (or caches for an hour) must not be patched every poll forever.
-    config = OperatorSettings(poll_seconds=5, resync_seconds=60)
-    loading = Outcome("Degraded", "ImagePullBackOff", st_reasons.IMAGE_PULL_BACK_OFF)
-    assert follows_update(loading, retry, config) is follows
-    assert not follows_update(Outcome("Ready", "", st_reasons.READY), 0, config)
-    assert not follows_update(None, 0, config)
-
-
 def test_kopf_watches_only_the_operators_own_pods_server_side() -> None:
     settings = kopf.OperatorSettings()
     configure_kopf(settings)
@@ -205,3 +195,112 @@ def test_kopf_watches_only_the_operators_own_pods_server_side() -> None:
     imagemodels = Resource("kubediffusion.io", "v1alpha1", "imagemodels", kind="ImageModel")
     assert list(settings.watching.label_selectors.collect(imagemodels)) == []  # every model is watched
     assert settings.scanning.disabled and settings.persistence.finalizer == "kubediffusion.io/operator"
+
+
+class ApplyCountingKube(FakeKube):
+    def __init__(self, model: dict[str, Any]) -> None:
+        super().__init__(model)
+        self.applied: list[str] = []
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        self.applied.append(obj["kind"])
+        return super().apply(obj)
+
+
+def cached(kube: FakeKube) -> None:
+    kube.objects[("PersistentVolumeClaim", "im-m-cache")]["status"] = {"phase": "Bound"}
+    kube.objects[("Job", "im-m-cache")]["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+
+
+def test_children_already_as_desired_are_not_applied_again() -> None:
+    kube = ApplyCountingKube(model(TINY))
+    run(kube, [])
+    assert sorted(kube.applied) == ["Deployment", "Job", "PersistentVolumeClaim", "Service"]
+    kube.applied.clear()
+    run(kube, [])
+    assert kube.applied == [], "a reconcile of an unchanged model writes nothing"
+    cached(kube)
+    run(kube, [])
+    assert kube.applied == ["Deployment"], "only the child whose desired state changed (replicas 0 -> 1)"
+    assert kube.objects[("Deployment", "im-m")]["spec"]["replicas"] == 1
+
+
+def test_drift_of_a_child_is_applied_back_on_the_next_reconcile_of_any_kind() -> None:
+    kube = ApplyCountingKube(model(TINY))
+    run(kube, [])
+    kube.objects[("Service", "im-m")]["spec"]["selector"] = {"app": "wrong"}  # someone else's edit
+    kube.objects[("Deployment", "im-m")]["metadata"]["labels"].pop(names.MODEL_LABEL)
+    kube.applied.clear()
+    run(kube, [])
+    assert sorted(kube.applied) == ["Deployment", "Service"]
+    assert kube.objects[("Service", "im-m")]["spec"]["selector"] == names.selector("m")
+
+
+def test_a_field_dropped_from_the_desired_child_is_applied_away() -> None:
+    spec = {**TINY, "resources": {"gpus": 0, "nodeSelector": {"pool": "a"}}}
+    kube = ApplyCountingKube(model(spec))
+    run(kube, [])
+    assert kube.objects[("Deployment", "im-m")]["spec"]["template"]["spec"]["nodeSelector"] == {"pool": "a"}
+    kube.objects[("ImageModel", "m")]["spec"] = TINY
+    kube.applied.clear()
+    run(kube, [])
+    assert "Deployment" in kube.applied, "everything desired is still there, but the last apply had more"
+    assert "nodeSelector" not in kube.objects[("Deployment", "im-m")]["spec"]["template"]["spec"]
+
+
+class ListCountingKube(FakeKube):
+    def __init__(self, model: dict[str, Any]) -> None:
+        super().__init__(model)
+        self.listed: list[dict[str, str]] = []
+
+    def list(self, kind: str, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
+        self.listed.append(selector)
+        return super().list(kind, namespace, selector)
+
+
+def test_the_pods_of_a_complete_cache_job_are_not_listed_again_once_the_status_has_their_summary() -> None:
+    hf = {"source": {"huggingface": {"repo": "a/b"}}, "resources": {"gpus": 0}}
+    kube = ListCountingKube(model(hf))
+    run(kube, [])
+    job = kube.objects[("Job", "im-m-cache")]
+    kube.objects[("PersistentVolumeClaim", "im-m-cache")]["status"] = {"phase": "Bound"}
+    job["status"] = {"conditions": [{"type": "Complete", "status": "True"}], "completionTime": "2026-01-01T00:01:00Z"}
+    summary = '{"revision": "deadbeef", "bytes": 1234}'
+    kube.objects[("Pod", "im-m-cache-x")] = {
+        "metadata": {"name": "im-m-cache-x", "labels": {"batch.kubernetes.io/controller-uid": job["metadata"]["uid"]}},
+        "status": {"phase": "Succeeded", "containerStatuses": [{"state": {"terminated": {"message": summary}}}]},
+    }
+    by_job = {"batch.kubernetes.io/controller-uid": job["metadata"]["uid"]}
+    kube.listed.clear()
+    run(kube, [])
+    assert by_job in kube.listed, "the first look at the complete Job reads what its pod reported"
+    cache = kube.objects[("ImageModel", "m")]["status"]["cache"]
+    assert (cache["revision"], cache["bytes"]) == ("deadbeef", 1234)
+    kube.listed.clear()
+    run(kube, [])
+    assert by_job not in kube.listed, "then the status has it: no list of pods that change no more"
+    assert kube.objects[("ImageModel", "m")]["status"]["cache"] == cache
+    kube.objects[("ImageModel", "m")]["status"]["cache"]["key"] = "another-copy"  # the status is of another copy
+    kube.listed.clear()
+    run(kube, [])
+    assert by_job in kube.listed, "what the status says is not about this Job: read its pods"
+
+
+class GetCountingKube(ApplyCountingKube):
+    def __init__(self, model: dict[str, Any]) -> None:
+        super().__init__(model)
+        self.got: list[str] = []
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        self.got.append(kind)
+        return super().get(kind, namespace, name)
+
+
+def test_a_new_model_applies_its_children_without_reading_each_first() -> None:
+    kube = GetCountingKube(model(TINY))
+    run(kube, [])
+    assert kube.got == ["ImageModel", "Deployment", "Job"], "the Job is read to find a stale one"
+    assert sorted(kube.applied) == ["Deployment", "Job", "PersistentVolumeClaim", "Service"]
+    kube.got.clear()
+    run(kube, [])
+    assert sorted(kube.got) == sorted(["ImageModel", "Deployment", "PersistentVolumeClaim", "Job", "Service"])
