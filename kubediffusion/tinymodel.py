@@ -15,7 +15,20 @@ the cache Job and the GPU benchmark can use this module without the server's dep
 server looks for a preview decoder (real models put madebyollin/taesd there), so tests can exercise
 that path too.
 
-``kubediffusion tiny-model DIR [--kind sd|sdxl] [--preview-decoder]`` runs ``main``.
+Extras, so adapters, component overrides and the safety checker run through real diffusers code (the
+layout mirrors the cache's, docs/pipelines.md): ``write_tiny_lora(dir, name)`` writes a random LoRA for
+the UNet and text encoder(s) to ``adapters/<name>/pytorch_lora_weights.safetensors`` (peft's LoRA layers
+and diffusers' ``save_lora_weights``, as diffusers' training scripts do); ``write_tiny_vae_override`` a
+second VAE with other random weights to ``components/vae/`` (a model directory);
+``write_tiny_unet_override`` a second UNet as a bare state dict, ``components/unet/tiny_unet.safetensors``
+(as SDXL-Lightning ships its UNets); ``safety_checker=`` of ``write_tiny_pipeline`` bundles a tiny
+``StableDiffusionSafetyChecker`` as SD 1.x repositories do (``safety_checker/``, ``feature_extractor/``).
+That checker flags an image when the cosine similarity of its embedding to a concept exceeds the
+concept's threshold; similarities lie in [-1, 1], so thresholds of -2 flag every image (``flag-all``)
+and thresholds of 2 none (``flag-none``), whatever the random weights.
+
+``kubediffusion tiny-model DIR [--kind sd|sdxl] [--preview-decoder] [--lora NAME]... [--vae-override]
+[--unet-override] [--safety-checker [flag-all|flag-none]]`` runs ``main``.
 """
 
 from __future__ import annotations
@@ -26,6 +39,7 @@ import json
 import logging
 import sys
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +49,12 @@ log = logging.getLogger(__name__)
 
 KINDS = ("sd", "sdxl")
 PREVIEW_DECODER_DIR = "taesd"  # an AutoencoderTiny here decodes streamed partial images
+ADAPTERS_DIR = "adapters"
+COMPONENTS_DIR = "components"
+TINY_UNET_FILE = "tiny_unet.safetensors"
+CHECKER_MODES = ("flag-all", "flag-none")
+LORA_RANK = 4
+LORA_STD = 0.5  # of the random up matrices: enough to change every image visibly
 SEED = 0
 TEXT_HIDDEN = 32
 MAX_TOKENS = 77
@@ -177,12 +197,42 @@ def build_tiny_pipeline(kind: str = "sd") -> Any:
     )
 
 
-def write_tiny_pipeline(directory: Path, kind: str = "sd") -> None:
-    """Write the smoke-test pipeline and its marker file into ``directory`` (created if missing)."""
+def build_tiny_safety_checker(mode: str = "flag-all") -> tuple[Any, Any]:
+    """A random ``StableDiffusionSafetyChecker`` (tiny CLIP vision tower) and its image processor; thresholds
+    per ``mode`` (see the module docstring)."""
+    if mode not in CHECKER_MODES:
+        raise ValueError(f"mode must be one of {', '.join(CHECKER_MODES)}, got {mode!r}")
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    checkers: Any = importlib.import_module("diffusers.pipelines.stable_diffusion.safety_checker")
+    torch.manual_seed(SEED)
+    tower = {"hidden_size": TEXT_HIDDEN, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4}
+    text = {**tower, "vocab_size": 99, "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1}
+    config = CLIPConfig(text_config=text, vision_config={**tower, "image_size": 32, "patch_size": 8}, projection_dim=16)
+    checker = checkers.StableDiffusionSafetyChecker(config)
+    with torch.no_grad():
+        for thresholds in (checker.concept_embeds_weights, checker.special_care_embeds_weights):
+            thresholds.fill_(-2.0 if mode == "flag-all" else 2.0)
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return checker, processor
+
+
+def write_tiny_pipeline(directory: Path, kind: str = "sd", *, safety_checker: str | None = None) -> None:
+    """Write the smoke-test pipeline and its marker file into ``directory`` (created if missing); with
+    ``safety_checker`` (a mode, SD only) bundling a tiny checker the way SD 1.x repositories do."""
     directory = Path(directory)
     pipeline = build_tiny_pipeline(kind)
+    if safety_checker is not None:
+        if kind != "sd":
+            raise ValueError("only the sd pipeline bundles a safety checker")
+        checker, processor = build_tiny_safety_checker(safety_checker)
+        pipeline.register_modules(safety_checker=checker, feature_extractor=processor)
+        pipeline.register_to_config(requires_safety_checker=True)
     directory.mkdir(parents=True, exist_ok=True)
     pipeline.save_pretrained(str(directory), safe_serialization=True)
+    if safety_checker is not None:  # also loadable on its own, as CompVis/stable-diffusion-safety-checker is
+        pipeline.feature_extractor.save_pretrained(str(directory / "safety_checker"))
     marker = {
         "smoke_test": True,
         "kind": kind,
@@ -213,6 +263,60 @@ def write_tiny_preview_decoder(directory: Path) -> Path:
     return target
 
 
+def write_tiny_lora(directory: Path, name: str, kind: str = "sd") -> Path:
+    """A random LoRA (seeded by ``name``: two names, two adapters) in ``directory/adapters/<name>``."""
+    import torch
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+
+    diffusers_utils: Any = importlib.import_module("diffusers.utils")
+    pipeline = build_tiny_pipeline(kind)
+    torch.manual_seed(zlib.crc32(name.encode("utf-8")))
+    targets = {
+        "unet_lora_layers": (pipeline.unet, ["to_q", "to_k", "to_v", "to_out.0"]),
+        "text_encoder_lora_layers": (pipeline.text_encoder, ["q_proj", "k_proj", "v_proj", "out_proj"]),
+    }
+    if kind == "sdxl":
+        targets["text_encoder_2_lora_layers"] = (pipeline.text_encoder_2, ["q_proj", "k_proj", "v_proj", "out_proj"])
+    layers = {}
+    for key, (module, target_modules) in targets.items():
+        inject_adapter_in_model(LoraConfig(r=LORA_RANK, lora_alpha=LORA_RANK, target_modules=target_modules), module)
+        with torch.no_grad():  # peft starts the up matrices at zero (a no-op adapter)
+            for param_name, param in module.named_parameters():
+                if "lora_B" in param_name:
+                    param.normal_(0.0, LORA_STD)
+        layers[key] = diffusers_utils.convert_state_dict_to_diffusers(get_peft_model_state_dict(module))
+    target = Path(directory) / ADAPTERS_DIR / name
+    type(pipeline).save_lora_weights(str(target), **layers, safe_serialization=True)
+    return target
+
+
+def write_tiny_vae_override(directory: Path, kind: str = "sd") -> Path:
+    """The tiny VAE's architecture with other random weights, a model directory in ``components/vae``."""
+    import torch
+
+    diffusers: Any = importlib.import_module("diffusers")
+    config = build_tiny_pipeline(kind).vae.config
+    torch.manual_seed(SEED + 1)
+    target = Path(directory) / COMPONENTS_DIR / "vae"
+    diffusers.AutoencoderKL.from_config(config).save_pretrained(str(target), safe_serialization=True)
+    return target
+
+
+def write_tiny_unet_override(directory: Path, kind: str = "sd") -> Path:
+    """The tiny UNet with other random weights as a bare state dict: ``components/unet/tiny_unet.safetensors``."""
+    import torch
+    from safetensors.torch import save_file
+
+    diffusers: Any = importlib.import_module("diffusers")
+    config = build_tiny_pipeline(kind).unet.config
+    torch.manual_seed(SEED + 1)
+    unet = diffusers.UNet2DConditionModel.from_config(config)
+    target = Path(directory) / COMPONENTS_DIR / "unet" / TINY_UNET_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_file({key: value.contiguous() for key, value in unet.state_dict().items()}, str(target))
+    return target
+
+
 def read_smoke_test_marker(directory: Path) -> dict[str, Any] | None:
     """The marker's contents when ``directory`` holds the tiny model, else None."""
     path = Path(directory) / SMOKE_TEST_MARKER
@@ -230,12 +334,36 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--preview-decoder", action="store_true", help=f"also write a tiny AutoencoderTiny in {PREVIEW_DECODER_DIR}/"
     )
+    parser.add_argument(
+        "--lora", action="append", default=[], metavar="NAME", help=f"also write a random LoRA in {ADAPTERS_DIR}/NAME/"
+    )
+    parser.add_argument("--vae-override", action="store_true", help=f"also write another VAE in {COMPONENTS_DIR}/vae/")
+    parser.add_argument(
+        "--unet-override",
+        action="store_true",
+        help=f"also write another UNet, {COMPONENTS_DIR}/unet/{TINY_UNET_FILE}",
+    )
+    parser.add_argument(
+        "--safety-checker",
+        nargs="?",
+        const="flag-all",
+        choices=CHECKER_MODES,
+        help="bundle a tiny safety checker (sd only) that flags every image (flag-all, the default) or none",
+    )
     args = parser.parse_args(argv)
+    if args.safety_checker is not None and args.kind != "sd":
+        parser.error("--safety-checker: only the sd pipeline bundles a safety checker")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        write_tiny_pipeline(args.directory, args.kind)
+        write_tiny_pipeline(args.directory, args.kind, safety_checker=args.safety_checker)
         if args.preview_decoder:
             write_tiny_preview_decoder(args.directory)
+        for name in args.lora:
+            write_tiny_lora(args.directory, name, args.kind)
+        if args.vae_override:
+            write_tiny_vae_override(args.directory, args.kind)
+        if args.unet_override:
+            write_tiny_unet_override(args.directory, args.kind)
     except OSError as exc:
         log.error("could not write the tiny model to %s: %s", args.directory, exc)
         return 1

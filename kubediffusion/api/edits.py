@@ -15,9 +15,10 @@ Fields: OpenAI's (``image`` or ``image[]`` up to 16, ``mask``, ``prompt``, ``n``
 ``response_format``, ``output_format``, ``output_compression``, ``quality``, ``background``,
 ``input_fidelity`` (accepted, no effect), ``stream``, ``partial_images``, ``user``; variations: ``image``,
 ``n``, ``size``, ``response_format``, ``user``, no prompt) plus ours on both: ``strength`` [0.01, 1], ``seed``,
-``num_inference_steps``, ``guidance_scale``, ``negative_prompt``, ``output_format``/``output_compression``
-and the router's ``store``/``conversation_id``. An empty form value means the default, except in free
-text (``prompt``, ``negative_prompt``, ``user``, ``conversation_id``).
+``num_inference_steps``, ``guidance_scale``, ``negative_prompt``, ``output_format``/``output_compression``,
+``scheduler``, ``adapters`` (a JSON list of ``{name, scale}``, as in a generation request; also the model
+name ``<model>:<adapter>``) and the router's ``store``/``conversation_id``. An empty form value means the
+default, except in free text (``prompt``, ``negative_prompt``, ``user``, ``conversation_id``).
 
 Semantics (the pods implement them): each input image is edited on its own, ``n`` images each, so an
 answer holds ``len(images) * n`` images (within the model's ``maxN``), image by image. ``size`` null
@@ -29,6 +30,7 @@ transparent pixel is edited whole (image-to-image). Variations are image-to-imag
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -40,6 +42,7 @@ from kubediffusion.api.errors import InvalidRequestError, validation_error_from_
 from kubediffusion.api.imageinput import ImageInfo, check_dimensions, input_limits, sniff_image
 from kubediffusion.api.limits import GenerationDefaults, GenerationLimits, parse_size
 from kubediffusion.api.multipart import FormPart, MultipartLimits, parse_multipart
+from kubediffusion.api.pipelines import MAX_REQUEST_ADAPTERS, AdapterRequest, PipelineOptions, resolve_choice
 from kubediffusion.api.schema import (
     MAX_CONVERSATION_ID_CHARS,
     MAX_PARTIAL_IMAGES,
@@ -75,6 +78,7 @@ _FREE_TEXT = frozenset({"prompt", "negative_prompt", "user", "conversation_id"})
 _BOOL_FIELDS = frozenset({"store", "stream"})
 _INT_FIELDS = frozenset({"n", "output_compression", "partial_images", "seed", "num_inference_steps"})
 _FLOAT_FIELDS = frozenset({"strength", "guidance_scale"})
+_JSON_FIELDS = frozenset({"adapters"})
 
 
 class _ImageInputFields(BaseModel):
@@ -96,6 +100,8 @@ class _ImageInputFields(BaseModel):
     num_inference_steps: Annotated[int, Field(ge=1)] | None = None
     guidance_scale: Annotated[float, Field(ge=0.0, le=50.0)] | None = None
     negative_prompt: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)] | None = None
+    adapters: Annotated[list[AdapterRequest], Field(max_length=MAX_REQUEST_ADAPTERS)] | None = None
+    scheduler: Annotated[str, Field(min_length=1, max_length=100)] | None = None
 
     @field_validator("size")
     @classmethod
@@ -269,6 +275,11 @@ def _typed(name: str, raw: bytes) -> Any:
         if _FLOAT.fullmatch(stripped) and math.isfinite(float(stripped)):
             return float(stripped)
         kind = "a number"
+    elif name in _JSON_FIELDS:
+        try:
+            return json.loads(stripped)  # NaN and Infinity: refused by the field's own bounds
+        except (ValueError, RecursionError):
+            kind = "JSON (a list of {name, scale} objects)"
     else:
         return text
     raise InvalidRequestError(f"Invalid value for '{name}': expected {kind}.", param=name, code="invalid_value")
@@ -324,12 +335,29 @@ def fit_size(width: int, height: int, limits: GenerationLimits) -> tuple[int, in
     return side(width), side(height)
 
 
-def resolve_edit_params(request: EditRequest, defaults: GenerationDefaults, limits: GenerationLimits) -> EditParams:
-    """Apply a model's defaults and limits (input images included); a 400 naming the param."""
+def resolve_edit_params(
+    request: EditRequest,
+    defaults: GenerationDefaults,
+    limits: GenerationLimits,
+    *,
+    pipeline: PipelineOptions | None = None,
+    model_adapter: str | None = None,
+) -> EditParams:
+    """Apply a model's defaults, limits (input images included) and pipeline options (as
+    :func:`kubediffusion.api.schema.resolve_params` does); a 4xx naming the param."""
     fields = request.fields
     edit = fields if isinstance(fields, ImageEditFields) else None
     prompt = edit.prompt if edit is not None else ""
     check_texts(prompt, fields.negative_prompt, limits)
+    choice = resolve_choice(
+        pipeline,
+        prompt=prompt,
+        adapters=fields.adapters,
+        scheduler=fields.scheduler,
+        moderation=None,
+        model=fields.model,
+        model_adapter=model_adapter,
+    )
     check_background(edit.background if edit is not None else None)
     n = check_n(fields.n, limits, images_per_n=len(request.images))
     steps = check_steps(fields.num_inference_steps, defaults, limits)
@@ -375,6 +403,7 @@ def resolve_edit_params(request: EditRequest, defaults: GenerationDefaults, limi
         output_compression=fields.output_compression if fields.output_compression is not None else 100,
         stream=stream,
         partial_images=(edit.partial_images or 0) if edit is not None and stream else 0,
+        pipeline=choice,
     )
     return EditParams(
         request.task,

@@ -9,10 +9,13 @@ renders it):
     APIError                      base; status 500, type "server_error"
     ├── InvalidRequestError       400 invalid_request_error (param names the field)
     │   ├── UnsupportedMediaTypeError  400, wrong Content-Type (OpenAI answers 400, not 415)
-    │   └── BadFramingError       400, a Content-Length the body cannot be framed by (connection closed)
+    │   ├── BadFramingError       400, a Content-Length the body cannot be framed by (connection closed)
+    │   └── ModerationBlockedError  400 image_generation_user_error, code "moderation_blocked" (OpenAI's):
+    │                             a blocked prompt (stage "input") or every image flagged (stage "output")
     ├── AuthenticationError       401 invalid_request_error, code "invalid_api_key"
     ├── NotFoundError             404 invalid_request_error
     │   └── ModelNotFoundError    404, code "model_not_found", param "model"
+    │       └── AdapterNotFoundError  404, code "model_not_found": an adapter the model does not have
     ├── RequestTimeoutError       408 invalid_request_error, the body stalled (connection closed)
     ├── RequestTooLargeError      413 invalid_request_error
     ├── RateLimitError            429 rate_limit_error (Retry-After)
@@ -27,7 +30,7 @@ that hangs up while sending its body (starlette's ``ClientDisconnect``) is no er
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -85,6 +88,28 @@ class BadFramingError(InvalidRequestError):
     close_connection = True
 
 
+class ModerationBlockedError(InvalidRequestError):
+    """OpenAI's shape: type ``image_generation_user_error``, code ``moderation_blocked``, and
+    ``moderation_details.moderation_stage``. The message never says which term or concept matched."""
+
+    error_type = "image_generation_user_error"
+    default_code = "moderation_blocked"
+
+    def __init__(self, stage: Literal["input", "output"], *, param: str | None = None) -> None:
+        detail = (
+            "Your prompt contains a term this model does not accept."
+            if stage == "input"
+            else "The generated images were flagged by the model's safety checker."
+        )
+        super().__init__(f"Your request was rejected by the safety system. {detail}", param=param)
+        self.stage = stage
+
+    def envelope(self) -> dict[str, Any]:
+        envelope = super().envelope()
+        envelope["error"]["moderation_details"] = {"moderation_stage": self.stage}
+        return envelope
+
+
 class AuthenticationError(APIError):
     status_code = 401
     error_type = "invalid_request_error"
@@ -102,6 +127,12 @@ class ModelNotFoundError(NotFoundError):
 
     def __init__(self, model: str) -> None:
         super().__init__(f"The model '{model}' does not exist or you do not have access to it.", param="model")
+
+
+class AdapterNotFoundError(ModelNotFoundError):
+    def __init__(self, adapter: str, model: str, *, param: str = "adapters") -> None:
+        of = f" of model '{model}'" if model else ""
+        NotFoundError.__init__(self, f"The adapter '{adapter}'{of} does not exist.", param=param)
 
 
 class RequestTimeoutError(APIError):

@@ -8,6 +8,9 @@ Fields the pods ignore but accept, because the services this project replaces se
 ``store`` (keep the images for ``GET /v1/images/{id}``; the router's business, default per deployment)
 and ``conversation_id`` (a client's grouping of stored images; the router's business too). ``stream``
 with ``partial_images`` (0-3) asks for Server-Sent Events (:mod:`kubediffusion.api.events`).
+Pipeline extensions (:mod:`kubediffusion.api.pipelines`): ``adapters`` (LoRA adapters and their scales),
+``scheduler`` (a class from the model's allow-list); OpenAI's ``moderation`` (``low`` relaxes only what
+the model allows). A response may carry ``moderation`` when the image checker flagged images.
 Edits and variations (multipart) are :mod:`kubediffusion.api.edits`; they share the checks below.
 """
 
@@ -15,13 +18,20 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from kubediffusion.api.errors import InvalidRequestError, UnsupportedMediaTypeError, validation_error_from_pydantic
 from kubediffusion.api.limits import GenerationDefaults, GenerationLimits, StylePreset, parse_size
+from kubediffusion.api.pipelines import (
+    MAX_REQUEST_ADAPTERS,
+    AdapterRequest,
+    PipelineChoice,
+    PipelineOptions,
+    resolve_choice,
+)
 
 MAX_PROMPT_CHARS = 32000  # OpenAI's own ceiling (GPT image models); models set lower ones.
 MAX_SEED = 2**63 - 1
@@ -63,6 +73,8 @@ class ImageGenerationRequest(BaseModel):
     num_inference_steps: Annotated[int, Field(ge=1)] | None = None
     guidance_scale: Annotated[float, Field(ge=0.0, le=50.0)] | None = None
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
+    adapters: Annotated[list[AdapterRequest], Field(max_length=MAX_REQUEST_ADAPTERS)] | None = None
+    scheduler: Annotated[str, Field(min_length=1, max_length=100)] | None = None
 
     @field_validator("prompt")
     @classmethod
@@ -85,7 +97,8 @@ class GenerationParams:
     """A validated request resolved against one model's defaults and limits.
 
     ``stream`` and ``partial_images`` (previews per image, 0 unless streaming) are not part of the batch
-    key: streaming and plain requests share a pipeline call, each gets its own previews."""
+    key: streaming and plain requests share a pipeline call, each gets its own previews. The adapters
+    and scheduler of ``pipeline`` are: they are set on the pipeline for a whole call."""
 
     prompt: str
     negative_prompt: str
@@ -99,11 +112,20 @@ class GenerationParams:
     output_compression: int
     stream: bool = False
     partial_images: int = 0
+    pipeline: PipelineChoice = field(default_factory=PipelineChoice)
 
     @property
-    def batch_key(self) -> tuple[int, int, int, float, str, int]:
+    def batch_key(self) -> tuple[Any, ...]:
         """Requests with equal keys can share one pipeline call."""
-        return (self.width, self.height, self.steps, self.guidance, self.output_format, self.output_compression)
+        return (
+            self.width,
+            self.height,
+            self.steps,
+            self.guidance,
+            self.output_format,
+            self.output_compression,
+            *self.pipeline.batch_key,
+        )
 
 
 def parse_generation_request(body: bytes, content_type: str | None) -> ImageGenerationRequest:
@@ -166,9 +188,23 @@ def resolve_params(
     defaults: GenerationDefaults,
     limits: GenerationLimits,
     presets: dict[str, StylePreset] | None = None,
+    *,
+    pipeline: PipelineOptions | None = None,
+    model_adapter: str | None = None,
 ) -> GenerationParams:
-    """Apply a model's defaults, limits and style presets; raise InvalidRequestError with ``param``."""
+    """Apply a model's defaults, limits, style presets and pipeline options (blocked terms, adapters,
+    schedulers; None: taken as sent, unchecked); raise InvalidRequestError with ``param``.
+    ``model_adapter`` is the adapter the request's model name picked (``PipelineOptions.model_adapter``)."""
     check_texts(request.prompt, request.negative_prompt, limits)
+    choice = resolve_choice(
+        pipeline,
+        prompt=request.prompt,
+        adapters=request.adapters,
+        scheduler=request.scheduler,
+        moderation=request.moderation,
+        model=request.model,
+        model_adapter=model_adapter,
+    )
     check_background(request.background)
     n = check_n(request.n, limits)
     width, height = resolve_size(request.size, defaults, limits)
@@ -190,6 +226,7 @@ def resolve_params(
         output_compression=compression,
         stream=stream,
         partial_images=(request.partial_images or 0) if stream else 0,
+        pipeline=choice,
     )
 
 
@@ -306,6 +343,15 @@ class ImagesUsage(BaseModel):
     input_tokens_details: InputTokensDetails = Field(default_factory=InputTokensDetails)
 
 
+class ModerationSummary(BaseModel):
+    """Our extension of a response whose images the model's checker flagged: ``reject`` left the
+    ``flagged`` images out of ``data``; ``blur`` blurred them, at the ``blurred`` indices of ``data``."""
+
+    action: Literal["reject", "blur"]
+    flagged: int
+    blurred: list[int] | None = None
+
+
 class ImagesResponse(BaseModel):
     created: int
     data: list[ImageData]
@@ -314,6 +360,7 @@ class ImagesResponse(BaseModel):
     size: str | None = None
     quality: Literal["low", "medium", "high"] | None = None
     usage: ImagesUsage | None = None
+    moderation: ModerationSummary | None = None
 
 
 def response_echo(request: ImageGenerationRequest, params: GenerationParams) -> dict[str, str]:

@@ -13,6 +13,12 @@ Modules, one job each:
                  OpenAI-compatible API, and the stub; the Engine Protocol and the runner (docs/engines/)
     pipeline.py  the diffusers backend: load from a local directory, derive image-to-image and inpainting
                  pipelines (from_pipe), generate (imports torch)
+    adapters.py  LoRA adapters (not engine adapters): loaded once with diffusers' PEFT integration, switched
+                 per batch
+    schedulers.py the default scheduler with its config overrides, and the classes a request may pick
+    components.py a UNet, transformer or VAE loaded in place of the pipeline's own
+    safety.py    the image safety checker, kept out of the pipeline and run on each batch's images
+    moderation.py what flagged images get (reject/blur), JobImages (a job's answer and its moderation)
     inputs.py    uploaded images decoded, checked, resized; the inpainting mask derived
     streaming.py stream: true -> Server-Sent Events fed by the batcher and the step callback
     previews.py  partial images from intermediate latents (linear latent->RGB, or a tiny autoencoder)
@@ -21,8 +27,9 @@ Modules, one job each:
     metrics.py   Prometheus metrics in a per-app registry
     main.py      ``main(argv)``: settings -> uvicorn; exit 1 when the model cannot be loaded
 
-Only pipeline.py, previews.py and accel.py import torch/diffusers, and only inside functions, so the app can be
-imported and tested without them; Pillow is imported only where images are decoded or encoded for diffusers,
-and psutil only by /info, optionally: the base install serves the adapters and the stub. The random-weight
-smoke-test pipeline is ``kubediffusion.tinymodel``.
+Only pipeline.py, previews.py, accel.py, adapters.py, schedulers.py, components.py and safety.py import
+torch/diffusers/peft, and only inside functions, so the app can be imported and tested without them; Pillow
+is imported only where images are decoded or encoded for diffusers, and psutil only by /info, optionally:
+the base install serves the engine adapters and the stub. The random-weight smoke-test pipeline is
+``kubediffusion.tinymodel``.
 """

@@ -22,9 +22,17 @@ RECOMPILE_LIMIT = 64  # shapes per compiled function before dynamo falls back to
 
 
 def optimize_pipeline(
-    pipe: Any, *, device: str, compile: bool = False, compile_mode: str = DEFAULT_COMPILE_MODE
+    pipe: Any,
+    *,
+    device: str,
+    compile: bool = False,
+    compile_mode: str = DEFAULT_COMPILE_MODE,
+    adapters: bool = False,
 ) -> list[str]:
-    """Apply the speed-ups in place; returns the names of those applied (for /info and the benchmark)."""
+    """Apply the speed-ups in place; returns the names of those applied (for /info and the benchmark).
+    With LoRA ``adapters`` loaded, QKV projections are not fused (the fused projection would bypass the
+    adapters' layers) and the UNet/transformer is not compiled (diffusers switches adapters only on the
+    module itself, not on a compiled wrapper): the VAE decoder still is."""
     if device != "cuda":
         return []
     import torch
@@ -39,18 +47,18 @@ def optimize_pipeline(
         if module is not None and hasattr(module, "to"):
             module.to(memory_format=torch.channels_last)
             applied.append(f"channels_last:{name}")
-    if hasattr(pipe, "fuse_qkv_projections"):
+    if not adapters and hasattr(pipe, "fuse_qkv_projections"):
         try:
             pipe.fuse_qkv_projections()
             applied.append("fused_qkv")
         except Exception as exc:  # some pipelines/attention processors do not support fusing
             log.warning("could not fuse QKV projections: %s", exc)
     if compile:
-        applied += _compile(pipe, compile_mode)
+        applied += _compile(pipe, compile_mode, denoiser=not adapters)
     return applied
 
 
-def _compile(pipe: Any, mode: str) -> list[str]:
+def _compile(pipe: Any, mode: str, *, denoiser: bool = True) -> list[str]:
     import torch
 
     inductor = torch._inductor.config
@@ -62,7 +70,7 @@ def _compile(pipe: Any, mode: str) -> list[str]:
         if hasattr(torch._dynamo.config, limit_name):
             setattr(torch._dynamo.config, limit_name, RECOMPILE_LIMIT)
     applied = []
-    for name in ("unet", "transformer"):
+    for name in ("unet", "transformer") if denoiser else ():
         module = getattr(pipe, name, None)
         if module is not None:
             setattr(pipe, name, torch.compile(module, mode=mode, fullgraph=True, dynamic=False))

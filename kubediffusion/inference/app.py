@@ -14,9 +14,12 @@ from fastapi import FastAPI
 from kubediffusion.api.bodylimit import BodyLimitMiddleware
 from kubediffusion.api.errors import install_error_handlers
 from kubediffusion.inference.backend import BackendLoader
+from kubediffusion.inference.requestctx import RequestContextMiddleware
 from kubediffusion.inference.routes import edits, health, images, models
 from kubediffusion.inference.server import EngineFactory, InferenceServer
 from kubediffusion.inference.settings import InferenceSettings
+
+IMAGE_PATHS = ("/v1/images/generations", *edits.UPLOAD_PATHS)  # traced, timed and logged one line each
 
 
 def create_app(
@@ -49,5 +52,12 @@ def create_app(
         max_bytes=settings.max_body_bytes,
         read_timeout=settings.body_read_timeout,
         path_limits={path: settings.max_upload_bytes for path in edits.UPLOAD_PATHS},
+    )
+    # Outermost: request ids, trace context and compute time for everything inside (docs/observability.md).
+    app.add_middleware(
+        RequestContextMiddleware,
+        tracer=server.tracer,
+        traced_paths=IMAGE_PATHS,
+        latency=server.metrics.request_seconds,
     )
     return app

@@ -1,16 +1,18 @@
 """What the server needs from a model, as a small Protocol, so the app can be tested without torch.
 
 ``pipeline.DiffusersBackend`` is the real one; unit tests pass a fake. A backend is used from one
-thread only (the batcher's worker), so it need not be thread-safe. The other engines (adapters in front
-of another engine, and the stub) are :class:`kubediffusion.inference.engines.base.Engine`: they take the
-same ``ImageJob`` but answer encoded images, and an edit reaches them as uploaded (``EditUpload``).
+thread only (the batcher's worker), so it need not be thread-safe. A backend with an image safety
+checker also has ``flag_unsafe`` (:class:`ImageChecking`), called in that thread after ``generate``.
+The other engines (adapters in front of another engine, and the stub) are
+:class:`kubediffusion.inference.engines.base.Engine`: they take the same ``ImageJob`` but answer
+encoded images, and an edit reaches them as uploaded (``EditUpload``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from kubediffusion.api.edits import UploadedImage
 from kubediffusion.api.schema import GenerationParams
@@ -87,6 +89,10 @@ class BackendDescription:
     compiled: bool = False
     edit_kinds: tuple[TaskKind, ...] = ()  # image-to-image pipelines made from the loaded weights
     previews: str | None = None  # how partial images are decoded ("linear:sd", "taesd"), None: not at all
+    safety_checker: str | None = None  # the class that flags images after decoding, None: no checker
+    adapters: tuple[str, ...] = ()  # LoRA adapters loaded, by name
+    scheduler: str | None = None  # the default scheduler's class
+    components: tuple[str, ...] = ()  # components loaded in place of the pipeline's own
 
 
 StepCallback = Callable[[float], None]
@@ -107,6 +113,13 @@ class ImageBackend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class ImageChecking(Protocol):
+    def flag_unsafe(self, images: list[Image]) -> list[bool]:
+        """One bool per image, True where the safety checker flags it (one device call for them all)."""
+        ...
 
 
 BackendLoader = Callable[["InferenceSettings"], ImageBackend]

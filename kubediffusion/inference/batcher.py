@@ -26,12 +26,18 @@ Rules (each has a unit test in tests/unit/inference/test_inference_batcher.py):
   loop instead, still one batch at a time.
 - **Failures.** ``run`` raising fails its whole batch; a result that is an exception instance fails
   only its own item (an adapter's jobs are separate upstream calls).
+- **Requests.** Each item belongs to the request that queued it (:mod:`.requestctx`). ``run`` sees the
+  batch's :class:`~.requestctx.Batch` (its requests, for log lines and phase times) in ``BATCH``; when it
+  is done each request gets its share of the batch's seconds, by images, before any result is delivered,
+  and ``on_batch`` gets the batch (metrics, spans). Tested through the app: test_inference_request_ids.py
+  and test_inference_compute_seconds.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import inspect
 import logging
@@ -43,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
 
 from kubediffusion.api.errors import QueueFullError, ServiceUnavailableError
+from kubediffusion.inference.requestctx import BATCH, Batch, RequestContext, current_request
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +64,7 @@ class _Entry(Generic[T, R]):
     size: int
     future: asyncio.Future[R]
     enqueued_at: float = field(default_factory=time.monotonic)
+    request: RequestContext | None = field(default_factory=current_request)
 
 
 class Batcher(Generic[T, R]):
@@ -73,7 +81,7 @@ class Batcher(Generic[T, R]):
         batch_window_s: float,
         max_queue: int,
         executor: ThreadPoolExecutor | None = None,
-        on_batch: Callable[[int, float], None] | None = None,
+        on_batch: Callable[[Batch], None] | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or batch_window_s < 0:
             raise ValueError("max_batch_size and max_queue must be >= 1 and batch_window_s >= 0")
@@ -220,7 +228,8 @@ class Batcher(Generic[T, R]):
             awaitable = cast(Awaitable[Sequence[R | BaseException]], self._run(items))
             return await awaitable
         run = cast(Callable[[list[T]], Sequence[R | BaseException]], self._run)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, run, items)
+        context = contextvars.copy_context()  # the batch's (BATCH) in the worker thread too
+        return await asyncio.get_running_loop().run_in_executor(self._executor, context.run, run, items)
 
     async def _work(self) -> None:
         while True:
@@ -234,9 +243,11 @@ class Batcher(Generic[T, R]):
             batch = self._take_batch()
             images = sum(entry.size for entry in batch)
             self._running_images = images
-            started = time.monotonic()
+            record = Batch.of([(entry.request, entry.size, entry.enqueued_at) for entry in batch])
+            token = BATCH.set(record)  # this task's (and so the worker thread's) log lines name the requests
             try:
                 results = await self._call([e.item for e in batch])
+                record.finish()  # each request's share of the compute time, before anyone reads its result
                 if len(results) != len(batch):
                     raise RuntimeError(f"batch function returned {len(results)} results for {len(batch)} items")
             except asyncio.CancelledError:  # stop(): nobody will deliver these results
@@ -247,6 +258,9 @@ class Batcher(Generic[T, R]):
                         )
                 raise
             except Exception as exc:  # the whole batch fails; each waiter gets the error
+                if record.ended is None:
+                    record.finish()
+                record.failed = f"{type(exc).__name__}: {exc}"
                 log.exception("batch of %d images failed", images)
                 for entry in batch:
                     if not entry.future.done():
@@ -262,7 +276,9 @@ class Batcher(Generic[T, R]):
             finally:
                 self._running_images = 0
                 self._sequential = len(batch) == 1 and not self._waiting
-            elapsed = time.monotonic() - started
-            self._batch_seconds = 0.7 * self._batch_seconds + 0.3 * elapsed
+                if record.ended is not None:
+                    log.debug("batch %s: %d image(s) in %.3fs", record.id, images, record.seconds)
+                BATCH.reset(token)
+            self._batch_seconds = 0.7 * self._batch_seconds + 0.3 * record.seconds
             if self._on_batch is not None:
-                self._on_batch(images, elapsed)
+                self._on_batch(record)

@@ -18,8 +18,9 @@ from pydantic import ValidationError
 from kubediffusion.api.headertimeout import http_protocol
 from kubediffusion.inference.app import create_app
 from kubediffusion.inference.backend import ModelLoadError
+from kubediffusion.inference.logs import configure_logging
 from kubediffusion.inference.pipeline import check_model_dir  # torch is imported only inside its loader
-from kubediffusion.inference.settings import settings_from_cli
+from kubediffusion.inference.settings import InferenceSettings, settings_from_cli
 
 log = logging.getLogger("kubediffusion.inference")
 
@@ -43,7 +44,14 @@ def main(argv: list[str]) -> int:
         detail = f" ({cause})" if cause is not None and str(cause) not in str(exc) else ""
         sys.stderr.write(f"kubediffusion inference: invalid settings: {exc}{detail}\n")
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = configure_logging(settings.log_level, settings.log_format)  # request ids in every line, JSON optional
+    try:
+        return _serve(settings)
+    finally:
+        logging.getLogger().removeHandler(handler)  # a main() called in-process (tests) leaves none behind
+
+
+def _serve(settings: InferenceSettings) -> int:
     if settings.engine == "diffusers":
         try:
             check_model_dir(settings.model_dir)
@@ -65,6 +73,7 @@ def main(argv: list[str]) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn's lines go through the root handler too: request ids, JSON (logs.py)
         lifespan="on",
         access_log=False,
         proxy_headers=False,  # uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1

@@ -16,6 +16,12 @@ fused QKV) apply to every task. A model without such pipelines (``AutoPipelineFo
 its class) serves generations only. Image-to-image runs ``int(steps * strength)`` denoising steps (the
 diffusers rule); where that would be 0, the schedule is lengthened to ``ceil(1 / strength)`` steps so
 exactly one runs. Partial images for streamed requests: :mod:`.previews`.
+
+The model's pipeline settings are applied at load (docs/pipelines.md): component overrides
+(:mod:`.components`) are passed to ``from_pretrained`` in place of the pipeline's own, a bundled safety
+checker is kept out of the pipeline and run by the server instead (:mod:`.safety`), the schedulers are
+made (:mod:`.schedulers`) and the LoRA adapters loaded (:mod:`.adapters`). Per batch, ``generate`` sets
+the jobs' adapter set and scheduler (they share them: the batch key) before the pipeline call.
 """
 
 from __future__ import annotations
@@ -35,8 +41,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kubediffusion.inference.accel import optimize_pipeline
+from kubediffusion.inference.adapters import AdapterSwitch, load_adapters
 from kubediffusion.inference.backend import BackendDescription, ImageJob, ModelLoadError, StepCallback, TaskKind
+from kubediffusion.inference.components import load_components
 from kubediffusion.inference.previews import PreviewDecoder, PreviewEmitter, load_preview_decoder
+from kubediffusion.inference.safety import ImageChecker, load_checker, pipeline_load_kwargs
+from kubediffusion.inference.schedulers import SchedulerSet, configure_schedulers
 from kubediffusion.tinymodel import read_smoke_test_marker
 
 if TYPE_CHECKING:
@@ -142,14 +152,29 @@ def steps_for_strength(steps: int, strength: float) -> int:
 class DiffusersBackend:
     """An ``ImageBackend`` around one loaded diffusers pipeline and those derived from it."""
 
-    def __init__(self, pipe: Any, description: BackendDescription, *, previews: PreviewDecoder | None = None) -> None:
+    def __init__(
+        self,
+        pipe: Any,
+        description: BackendDescription,
+        *,
+        previews: PreviewDecoder | None = None,
+        adapters: AdapterSwitch | None = None,
+        schedulers: SchedulerSet | None = None,
+        checker: ImageChecker | None = None,
+    ) -> None:
         self.pipe = pipe
         self.pipes = derive_pipelines(pipe)
         self.previews = previews
+        self.adapters = adapters
+        self.schedulers = schedulers
+        self.checker = checker
         self._description = dataclasses.replace(
             description,
             edit_kinds=tuple(kind for kind in self.pipes if kind != "txt2img"),
             previews=previews.kind if previews is not None else None,
+            safety_checker=checker.name if checker is not None else None,
+            adapters=adapters.names if adapters is not None else (),
+            scheduler=type(pipe.scheduler).__name__ if hasattr(pipe, "scheduler") else None,
         )
         self._params = {kind: inspect.signature(p.__call__).parameters for kind, p in self.pipes.items()}
         self._has_negative = "negative_prompt" in self._params["txt2img"]
@@ -167,6 +192,7 @@ class DiffusersBackend:
         pipe = self.pipes.get(kind)
         if pipe is None:
             raise RuntimeError(f"this model has no {kind} pipeline")
+        self._choose(pipe, first)
         accepted = self._params[kind]
         prompts = [job.params.prompt for job in jobs for _ in job.seeds]
         negatives = [job.params.negative_prompt for job in jobs for _ in job.seeds]
@@ -227,6 +253,23 @@ class DiffusersBackend:
             offset += len(job.seeds)
         return result
 
+    def _choose(self, pipe: Any, params: Any) -> None:
+        """The batch's adapter set and scheduler (see the module docstring)."""
+        choice = params.pipeline
+        if self.adapters is not None:
+            self.adapters.activate(choice.adapters)
+        elif choice.adapters:
+            raise RuntimeError("this model has no adapters")
+        if self.schedulers is not None:
+            scheduler = self.schedulers.get(choice.scheduler)
+            if pipe.scheduler is not scheduler:
+                pipe.scheduler = scheduler
+        elif choice.scheduler is not None:
+            raise RuntimeError("this model offers no scheduler choice")
+
+    def flag_unsafe(self, images: list[Image]) -> list[bool]:
+        return self.checker.flag(images) if self.checker is not None else [False] * len(images)
+
     def vram(self) -> tuple[int, int] | None:
         if self._description.device != "cuda":
             return None
@@ -238,6 +281,7 @@ class DiffusersBackend:
     def close(self) -> None:
         self.pipe = None
         self.pipes = {}
+        self.adapters = self.schedulers = self.checker = None
         if self._description.device == "cuda":
             import torch
 
@@ -285,6 +329,7 @@ def load_backend(settings: InferenceSettings) -> DiffusersBackend:
     smoke_test = read_smoke_test_marker(settings.model_dir) is not None
     if smoke_test:
         log.warning("%s is the tiny smoke-test model: random weights, it makes noise, not pictures", settings.model_dir)
+    dtype = getattr(torch, dtype_name)
     started = time.monotonic()
     log.info(
         "loading %s (%s) from %s on %s as %s",
@@ -294,19 +339,27 @@ def load_backend(settings: InferenceSettings) -> DiffusersBackend:
         device,
         dtype_name,
     )
-    try:
-        with _LOAD_LOCK:
+    with _LOAD_LOCK:
+        overrides = load_components(settings.model_dir, index, settings.components, dtype)
+        try:
             pipe = cls.from_pretrained(
-                str(settings.model_dir), local_files_only=True, **{_dtype_kwarg(): getattr(torch, dtype_name)}
+                str(settings.model_dir),
+                local_files_only=True,
+                **{_dtype_kwarg(): dtype},
+                **overrides,
+                **pipeline_load_kwargs(index),
             )
             pipe = pipe.to(device)
-    except Exception as exc:
-        raise ModelLoadError(
-            f"could not load the pipeline in {settings.model_dir}: {type(exc).__name__}: {exc}"
-        ) from exc
+        except Exception as exc:
+            raise ModelLoadError(
+                f"could not load the pipeline in {settings.model_dir}: {type(exc).__name__}: {exc}"
+            ) from exc
+        schedulers = configure_schedulers(pipe, settings.scheduler) if hasattr(pipe, "scheduler") else None
+        adapters = load_adapters(pipe, settings.adapters)
+        checker = load_checker(settings.safety, settings.model_dir, index, device=device, dtype=dtype)
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
-    applied = optimize_pipeline(pipe, device=device, compile=settings.compile)
+    applied = optimize_pipeline(pipe, device=device, compile=settings.compile, adapters=adapters is not None)
     log.info(
         "loaded %s in %.1fs%s",
         type(pipe).__name__,
@@ -319,5 +372,13 @@ def load_backend(settings: InferenceSettings) -> DiffusersBackend:
         dtype=dtype_name,
         smoke_test=smoke_test,
         compiled=settings.compile and device == "cuda",
+        components=tuple(overrides),
     )
-    return DiffusersBackend(pipe, description, previews=load_preview_decoder(settings.model_dir, pipe, device))
+    return DiffusersBackend(
+        pipe,
+        description,
+        previews=load_preview_decoder(settings.model_dir, pipe, device),
+        adapters=adapters,
+        schedulers=schedulers,
+        checker=checker,
+    )

@@ -13,6 +13,11 @@ instead of a backend: the batcher awaits it in the event loop, edits reach it un
 (``EditUpload``), it refuses the fields it cannot honour before anything is queued, and the phase is
 ``warming`` until the engine's health check first succeeds; from then on ``/readyz`` follows that check.
 No warm-up image is made upstream (it would cost the engine a generation per pod start).
+
+Pipeline options (docs/pipelines.md): ``pipeline_options`` resolves a request's adapters (also the
+model name ``<model>:<adapter>``), scheduler and blocked terms before it is queued; after each batch,
+the images pass the model's safety checker and action (:mod:`.moderation`), so a job's result is a
+``JobImages`` (its images and what moderation did).
 """
 
 from __future__ import annotations
@@ -28,9 +33,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 from kubediffusion.api.edits import EditParams
-from kubediffusion.api.errors import InvalidRequestError, ModelNotFoundError, ServiceUnavailableError
+from kubediffusion.api.errors import InvalidRequestError, ServiceUnavailableError
 from kubediffusion.api.limits import GenerationDefaults
 from kubediffusion.api.multipart import MultipartLimits
+from kubediffusion.api.pipelines import PipelineOptions
 from kubediffusion.api.schema import MAX_SEED, GenerationParams
 from kubediffusion.inference.backend import (
     BackendDescription,
@@ -38,6 +44,7 @@ from kubediffusion.inference.backend import (
     EditInput,
     EditUpload,
     ImageBackend,
+    ImageChecking,
     ImageJob,
     ModelLoadError,
 )
@@ -47,7 +54,11 @@ from kubediffusion.inference.engines.base import Engine, EngineRequest, upload_o
 from kubediffusion.inference.engines.runner import EngineRunner
 from kubediffusion.inference.inputs import prepare_all
 from kubediffusion.inference.metrics import InferenceMetrics
+from kubediffusion.inference.moderation import JobImages, moderate
+from kubediffusion.inference.phases import PhaseClock
+from kubediffusion.inference.requestctx import Batch
 from kubediffusion.inference.settings import InferenceSettings
+from kubediffusion.inference.tracing import make_tracer
 from kubediffusion.tinymodel import read_smoke_test_marker
 
 log = logging.getLogger(__name__)
@@ -109,6 +120,7 @@ class InferenceServer:
         self.marker = None if self.uses_engine else read_smoke_test_marker(settings.model_dir)
         self.defaults = effective_defaults(settings, self.marker)
         self.names = frozenset({settings.served_name, *settings.aliases})
+        self.pipeline_options = PipelineOptions.of(settings.adapters, settings.scheduler, settings.safety)
         self.metrics = InferenceMetrics()
         self.phase: Phase = "loading"
         self.error: str | None = None
@@ -120,7 +132,7 @@ class InferenceServer:
         self._make_engine = engine_factory or _create_engine
         self._on_fatal = on_fatal
         self._loading: asyncio.Task[None] | None = None
-        self.batcher: Batcher[ImageJob, list[str]] = Batcher(
+        self.batcher: Batcher[ImageJob, JobImages] = Batcher(
             self._run_engine_batch if self.uses_engine else self._run_batch,
             key=engine_batch_key if self.uses_engine else batch_key,
             size=lambda job: len(job.seeds),
@@ -130,6 +142,9 @@ class InferenceServer:
             on_batch=self._on_batch,
         )
         self.metrics.queue_depth.set_function(lambda: self.batcher.queued_images)
+        self.metrics.running_images.set_function(lambda: self.batcher.running_images)
+        self.metrics.gpu_memory.source = lambda: self.backend.vram() if self.backend is not None else None
+        self.tracer = make_tracer(settings.otlp_endpoint, model=settings.served_name)  # docs/observability.md
         self.multipart_limits = MultipartLimits(max_bytes=settings.max_upload_bytes)
         # Partial images are encoded here, in order, so the pipeline thread never waits for an encoder.
         self.preview_encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kd-preview")
@@ -167,15 +182,21 @@ class InferenceServer:
         if self.runner is not None:
             await self.runner.engine.aclose()
             self.runner = None
+        await asyncio.to_thread(self.tracer.shutdown)  # a last export: a blocking HTTP request
 
     async def _load_and_warm(self) -> None:
         settings = self.settings
         try:
+            started = time.monotonic()
             backend: ImageBackend = await self.batcher.run_exclusive(lambda: self._load(settings))
+            self.metrics.load_seconds.set(time.monotonic() - started)
             self.backend = backend
             if settings.warmup:
                 self.phase = "warming"
+                started = time.monotonic()
                 await self.batcher.run_exclusive(lambda: self._warm_up(backend))
+                if backend.description.compiled:  # torch.compile compiled each batch shape in the warm-up
+                    self.metrics.compile_seconds.set(time.monotonic() - started)
         except Exception as exc:
             self._failed(exc)
             return
@@ -195,6 +216,7 @@ class InferenceServer:
             if await runner.probe():
                 break
             await asyncio.sleep(ENGINE_RETRY_S)
+        self.metrics.load_seconds.set(time.time() - self.started_at)
         self._ready()
 
     def _failed(self, exc: Exception) -> None:
@@ -235,14 +257,24 @@ class InferenceServer:
             if len(images) != 1 or len(images[0]) != n:
                 raise RuntimeError(f"warm-up returned {len(images[0]) if images else 0} images, expected {n}")
             encode_image(images[0][0], "png")
+            checker = self._checker(backend)
+            if checker is not None:  # the checker's first call is slow too
+                checker(images[0][:1])
             log.info("warm-up batch of %d at %dx%d took %.2fs", n, width, height, time.monotonic() - started)
 
     # -- serving --------------------------------------------------------------------------------
 
-    def check_model(self, model: str | None) -> None:
-        """Requests name no model, the served name or an alias; anything else is 404 model_not_found."""
-        if model is not None and model not in self.names:
-            raise ModelNotFoundError(model)
+    def check_model(self, model: str | None) -> str | None:
+        """Requests name no model, the served name or an alias, or one of those and an adapter
+        (``<model>:<adapter>``, whose name is returned); anything else is 404 model_not_found."""
+        return self.pipeline_options.model_adapter(model, self.names)
+
+    def moderates(self, params: GenerationParams) -> bool:
+        """Whether this request's images go through an image safety checker."""
+        description = self.description
+        return (
+            description is not None and description.safety_checker is not None and params.pipeline.moderation != "low"
+        )
 
     def not_ready_error(self) -> ServiceUnavailableError:
         if self.phase == "failed":
@@ -279,7 +311,7 @@ class InferenceServer:
         if self.runner is not None:
             self.runner.engine.check(request)
 
-    async def generate(self, params: GenerationParams, request: EngineRequest | None = None) -> list[str]:
+    async def generate(self, params: GenerationParams, request: EngineRequest | None = None) -> JobImages:
         """Queue one request (seeds ``seed, seed+1, …``; a fresh base seed when none) and wait for its
         base64 images. Cancelling the caller drops the request from the queue (see batcher.py)."""
         self.require_ready()
@@ -319,9 +351,10 @@ class InferenceServer:
             for index, (source, prepared) in enumerate(zip(edit.sources, inputs, strict=True))
         ]
 
-    async def run_jobs(self, jobs: Sequence[ImageJob]) -> list[str]:
-        """Queue one request's jobs together and wait for all their base64 images, in job order.
-        Cancelling the caller (or one job failing) drops what is still queued."""
+    async def run_jobs(self, jobs: Sequence[ImageJob]) -> JobImages:
+        """Queue one request's jobs together and wait for all their base64 images, in job order (400
+        ``moderation_blocked`` when the checker flagged them all). Cancelling the caller (or one job
+        failing) drops what is still queued."""
         self.require_ready()
         futures = self.batcher.enqueue(jobs)
         try:
@@ -329,27 +362,52 @@ class InferenceServer:
         except BaseException:
             self.batcher.cancel(futures)
             raise
-        return [b64 for result in results for b64 in result]
+        return JobImages.merge(results).check()
 
-    def _run_batch(self, jobs: list[ImageJob]) -> list[list[str]]:
-        """In the worker thread: generate, then encode (PNG/JPEG/WebP + base64) off the event loop."""
+    def _run_batch(self, jobs: list[ImageJob]) -> list[JobImages]:
+        """In the worker thread: generate, moderate, then encode (PNG/JPEG/WebP + base64) off the event loop."""
         backend = self.backend
         if backend is None:
             raise ServiceUnavailableError("The model is not loaded.", retry_after=NOT_READY_RETRY_AFTER)
-        images = backend.generate(jobs, on_step=self.metrics.step_seconds.observe)
-        return [
-            [to_b64(encode_image(image, job.params.output_format, job.params.output_compression)) for image in imgs]
-            for job, imgs in zip(jobs, images, strict=True)
+        clock = PhaseClock(self.metrics.step_seconds.observe)  # the batch's phases, for its spans
+        images = backend.generate(jobs, on_step=clock.step)
+        clock.generated()
+        action = self.settings.safety.action
+        checker = self._checker(backend)
+        results = moderate(jobs, images, checker, action)
+        if checker is not None:
+            clock.lap("safety")
+        self.metrics.flagged_images.labels(action).inc(sum(result.flagged for result in results))
+        encoded = [
+            JobImages(
+                [
+                    to_b64(encode_image(image, job.params.output_format, job.params.output_compression))
+                    for image in done.images
+                ],
+                done.flagged,
+                done.blurred,
+            )
+            for job, done in zip(jobs, results, strict=True)
         ]
+        clock.lap("encode")
+        return encoded
 
-    async def _run_engine_batch(self, jobs: list[ImageJob]) -> list[list[str] | BaseException]:
+    @staticmethod
+    def _checker(backend: ImageBackend) -> Callable[[list[Any]], list[bool]] | None:
+        if isinstance(backend, ImageChecking) and backend.description.safety_checker is not None:
+            return backend.flag_unsafe
+        return None
+
+    async def _run_engine_batch(self, jobs: list[ImageJob]) -> list[JobImages | BaseException]:
         if self.runner is None:
             raise ServiceUnavailableError("The engine is not started.", retry_after=NOT_READY_RETRY_AFTER)
-        return await self.runner.run_batch(jobs)
+        results = await self.runner.run_batch(jobs)
+        return [result if isinstance(result, BaseException) else JobImages(result) for result in results]
 
-    def _on_batch(self, images: int, _seconds: float) -> None:
-        self.metrics.batch_size.observe(images)
-        self.metrics.images.inc(images)
+    def _on_batch(self, batch: Batch) -> None:
+        self.metrics.batch_size.observe(batch.images)
+        self.metrics.images.inc(batch.images)
+        self.tracer.record_batch(batch)
 
 
 def _base_seed(params: GenerationParams) -> int:

@@ -3,8 +3,13 @@
 pydantic-settings reads both in one step (``settings_from_cli``): every field is an environment variable
 (``KD_INFERENCE_MODEL_DIR``) and a kebab-case flag (``--model-dir``); a flag wins over the environment.
 Booleans are ``--warmup``/``--no-warmup``. Structured fields (``ALIASES``, ``DEFAULTS``, ``LIMITS``,
-``PRESETS``, ``ENGINE_SIZES``) take JSON in both places; on the command line ``--aliases`` also takes a
-comma-separated list, and the library adds dotted flags for single keys (``--defaults.steps 2``).
+``PRESETS``, ``ENGINE_SIZES``, ``ADAPTERS``, ``SCHEDULER``, ``COMPONENTS``, ``SAFETY``) take JSON in both
+places; on the command line ``--aliases`` also takes a comma-separated list, and the library adds dotted
+flags for single keys (``--defaults.steps 2``, ``--safety.action blur``).
+
+The pipeline fields (``adapters``, ``scheduler``, ``components``, ``safety``; shapes in
+:mod:`kubediffusion.api.pipelines`, semantics in docs/pipelines.md) belong to the diffusers engine; the
+others take only the blocked terms of ``safety`` (a text check, before anything is queued).
 
 The ``engine`` fields choose what makes the images (docs/engines/): ``diffusers`` (the default) loads
 ``model_dir``; the adapters (``invokeai``, ``comfyui``, ``automatic1111``, ``openai``) call the engine at
@@ -25,6 +30,14 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
 
 from kubediffusion.api.limits import GenerationDefaults, GenerationLimits, StylePreset, parse_size
+from kubediffusion.api.pipelines import (
+    MAX_ADAPTERS,
+    AdapterConfig,
+    ComponentConfig,
+    ComponentName,
+    SafetyConfig,
+    SchedulerConfig,
+)
 
 Dtype = Literal["float16", "bfloat16", "float32"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -68,6 +81,14 @@ class InferenceSettings(BaseSettings):
     limits: GenerationLimits = Field(default_factory=GenerationLimits, description="JSON GenerationLimits")
     presets: dict[str, StylePreset] = Field(default_factory=dict, description="JSON map name -> StylePreset")
     log_level: str = Field(default="info", description="python logging level")
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="log lines as text, or one JSON object per line (request id, trace id)"
+    )
+    otlp_endpoint: str = Field(
+        default="",
+        description="OTLP/HTTP collector base URL for OpenTelemetry spans (/v1/traces is added); empty = the "
+        "standard OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, none of them = tracing off",
+    )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="largest request body; beyond it 413")
     max_upload_bytes: int = Field(
         default=64 * 1024 * 1024, ge=1024, description="largest edit/variation upload (multipart); beyond it 413"
@@ -119,6 +140,24 @@ class InferenceSettings(BaseSettings):
         description="openai: forward negative_prompt, num_inference_steps, guidance_scale, seed (else refused)",
     )
 
+    adapters: list[AdapterConfig] = Field(
+        default_factory=list,
+        max_length=MAX_ADAPTERS,
+        description="JSON list of LoRA adapters {name, path, file?, defaultScale?}, loaded once at start",
+    )
+    scheduler: SchedulerConfig = Field(
+        default_factory=SchedulerConfig,
+        description="JSON {name?, config?, allowed?}: scheduler class, config overrides, classes a request may pick",
+    )
+    components: dict[ComponentName, ComponentConfig] = Field(
+        default_factory=dict,
+        description="JSON map unet|transformer|vae -> {path, file?}, loaded in place of the pipeline's own",
+    )
+    safety: SafetyConfig = Field(
+        default_factory=SafetyConfig,
+        description="JSON {checker: none|auto|pipeline|DIR, action: reject|blur, blockedTerms, allowLowModeration}",
+    )
+
     @field_validator("aliases")
     @classmethod
     def _aliases_not_blank(cls, value: list[str]) -> list[str]:
@@ -130,6 +169,11 @@ class InferenceSettings(BaseSettings):
         if value.lower() not in ("critical", "error", "warning", "info", "debug"):
             raise ValueError(f"log_level must be critical, error, warning, info or debug, got {value!r}")
         return value.lower()
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_case(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("engine_sizes")
     @classmethod
@@ -146,6 +190,24 @@ class InferenceSettings(BaseSettings):
                 raise ValueError(f"engine {self.engine} needs engine_url, an http(s) URL; got {self.engine_url!r}")
         if self.engine_workflow is not None and self.engine != "comfyui":
             raise ValueError("engine_workflow is a comfyui setting")
+        if self.engine != "diffusers":
+            diffusers_only = {
+                "adapters": bool(self.adapters),
+                "scheduler": self.scheduler != SchedulerConfig(),
+                "components": bool(self.components),
+                "safety.checker": self.safety.checker not in ("none", "auto"),
+            }
+            named = [name for name, set_ in diffusers_only.items() if set_]
+            if named:
+                raise ValueError(f"{', '.join(named)}: diffusers engine settings (engine is {self.engine})")
+        return self
+
+    @model_validator(mode="after")
+    def _adapter_names_unique(self) -> InferenceSettings:
+        names = [adapter.name for adapter in self.adapters]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"adapter names must be unique: {', '.join(twice)}")
         return self
 
     @property

@@ -12,6 +12,12 @@ A client that hangs up: Starlette cancels the response's body iterator; its ``fi
 request's futures, which drops what is still queued (see ``Batcher.cancel``). A batch already running
 finishes for the other requests in it; this one's images are discarded. While a request waits, a
 comment line goes out every ``KEEPALIVE_INTERVAL_S`` (idle proxies then keep the connection open).
+A request whose images go through the model's safety checker gets no partial images (a preview would
+show what the checker has not seen); images the checker rejected get no completed event, and when it
+rejected them all the stream ends with a ``moderation_blocked`` error event.
+Once its images are made, and before their completed events, the stream reports the request's compute
+time in a comment (``: x-kubediffusion-compute-seconds 1.234``, :mod:`kubediffusion.api.computetime`),
+which the router reads and drops.
 Event shapes and the wire format: :mod:`kubediffusion.api.events`.
 """
 
@@ -26,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi.responses import StreamingResponse
 
-from kubediffusion.api.errors import APIError
+from kubediffusion.api.computetime import comment
+from kubediffusion.api.errors import APIError, ModerationBlockedError
 from kubediffusion.api.events import (
     KEEPALIVE,
     KEEPALIVE_INTERVAL_S,
@@ -42,6 +49,8 @@ from kubediffusion.api.events import (
 from kubediffusion.api.schema import GenerationParams, now_seconds
 from kubediffusion.inference.backend import ImageJob, PartialCallback
 from kubediffusion.inference.encoding import encode_image, to_b64
+from kubediffusion.inference.moderation import JobImages
+from kubediffusion.inference.requestctx import current_request
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -97,12 +106,13 @@ class ImageEventStream:
         self.closed = False  # the stream ended (the client left): previews still due are not encoded
         self.jobs = [replace(job, on_partial=self._sink(index, job.params)) for index, job in enumerate(jobs)]
         self.echoes = [EventEcho.of(job.params, quality=quality, background=background) for job in self.jobs]
+        self.request = current_request()  # its compute seconds, reported in a comment (api.computetime)
         self.futures = server.batcher.enqueue(self.jobs)
-        self.results: asyncio.Future[list[list[str]]] = asyncio.ensure_future(asyncio.gather(*self.futures))
+        self.results: asyncio.Future[list[JobImages]] = asyncio.ensure_future(asyncio.gather(*self.futures))
         self.results.add_done_callback(lambda _: self.queue.put_nowait(_DONE))
 
     def _sink(self, job: int, params: GenerationParams) -> PartialCallback | None:
-        if params.partial_images <= 0:
+        if params.partial_images <= 0 or self.server.moderates(params):
             return None
         encoder: ThreadPoolExecutor = self.server.preview_encoder
 
@@ -130,12 +140,17 @@ class ImageEventStream:
                     partial_image_event(self.task, b64, self.echoes[item.job], item.index, now_seconds())
                 )
             results = self.results.result()  # raises what failed the batch
-            for job, images in enumerate(results):
-                for b64 in images:
+            if self.request is not None and self.request.compute_seconds > 0:
+                yield comment(self.request.compute_seconds)
+            JobImages.merge(results).check()
+            for job, done in enumerate(results):
+                for b64 in done.images:
                     yield encode_event(completed_event(self.task, b64, self.echoes[job], now_seconds()))
             outcome = "success"
         except APIError as exc:
             outcome = "error" if exc.status_code >= 500 else "invalid"
+            if isinstance(exc, ModerationBlockedError):
+                outcome = "moderation_blocked"
             yield encode_error(exc)
         except Exception:
             log.exception("streamed request failed")

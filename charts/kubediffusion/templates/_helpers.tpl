@@ -153,3 +153,38 @@ JSON lists for the cache Jobs' NetworkPolicy `except`.
 {{- define "kubediffusion.downloads.blockedIPv6" -}}
 ["::/128", "::1/128", "fe80::/10", "fc00::/7", "ff00::/8", "::/96", "100::/64", "2001:db8::/32", "fec0::/10"]
 {{- end }}
+
+{{/*
+The OTLP collector of tracing.otlpEndpoint, for the model pods' egress NetworkPolicy (a policy cannot
+name a host): its port (the URL's, else 80 or 443), and its peers: tracing.egressTo, else what the
+host says: an IP address (that address), a bare Service name (the pods' own namespace), or
+`<service>.<namespace>` optionally followed by `.svc` and the cluster domain (that namespace). Any other
+host fails the render with a message asking for tracing.egressTo.
+*/}}
+{{- define "kubediffusion.tracing.port" -}}
+{{- $url := urlParse .Values.tracing.otlpEndpoint }}
+{{- regexFind ":[0-9]+$" $url.host | trimPrefix ":" | default (ternary "443" "80" (eq $url.scheme "https")) }}
+{{- end }}
+{{- define "kubediffusion.tracing.egressTo" -}}
+{{- if .Values.tracing.egressTo }}
+{{- toYaml .Values.tracing.egressTo }}
+{{- else }}
+{{- $host := regexReplaceAll ":[0-9]+$" (urlParse .Values.tracing.otlpEndpoint).host "" }}
+{{- $labels := splitList "." $host }}
+{{- if regexMatch "^[0-9]+(\\.[0-9]+){3}$" $host }}
+- ipBlock:
+    cidr: {{ $host }}/32
+{{- else if hasPrefix "[" $host }}
+- ipBlock:
+    cidr: {{ $host | trimPrefix "[" | trimSuffix "]" }}/128
+{{- else if eq (len $labels) 1 }}
+- podSelector: {}
+{{- else if or (eq (len $labels) 2) (eq (index $labels 2) "svc") }}
+- namespaceSelector:
+    matchLabels:
+      kubernetes.io/metadata.name: {{ index $labels 1 }}
+{{- else }}
+{{- fail (printf "tracing.otlpEndpoint: %s is not a Service name (<service>.<namespace>[.svc...]) or an IP address: list where model pods may send spans in tracing.egressTo" $host) }}
+{{- end }}
+{{- end }}
+{{- end }}

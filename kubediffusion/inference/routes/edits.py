@@ -47,13 +47,19 @@ async def _edit(request: Request, server: InferenceServer, parse: Parser) -> Res
     async def handle() -> Response | Answer | None:
         body = await request.body()
         edit_request = parse(body, request.headers.get("content-type"), server.multipart_limits)
-        server.check_model(edit_request.model)
+        adapter = server.check_model(edit_request.model)
         server.check_engine(EngineRequest.of_edit(edit_request))
-        edit = resolve_edit_params(edit_request, server.defaults, server.settings.limits)
+        edit = resolve_edit_params(
+            edit_request,
+            server.defaults,
+            server.settings.limits,
+            pipeline=server.pipeline_options,
+            model_adapter=adapter,
+        )
         jobs = await server.edit_jobs(edit)
         if edit.params.stream:
             return ImageEventStream(server, "edit", jobs, quality=edit.quality, background=edit.background).response()
-        encoded = await await_unless_disconnected(request, server.run_jobs(jobs))
-        return None if encoded is None else (encoded, edit.echo())
+        done = await await_unless_disconnected(request, server.run_jobs(jobs))
+        return None if done is None else (done.images, {**edit.echo(), **done.echo(server.settings.safety.action)})
 
     return await counted(server, handle)

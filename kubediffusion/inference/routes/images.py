@@ -1,8 +1,10 @@
 """``POST /v1/images/generations``: the OpenAI Images API in front of the server's batcher.
 
-Requests are answered only for ``model`` null, the served name or one of its aliases (else 404
-``model_not_found``). ``response_format=url`` is accepted and answered with ``b64_json``: storing
-images and signing URLs is the router's job, and the router asks pods for b64_json. ``stream: true``
+Requests are answered only for ``model`` null, the served name or one of its aliases, or one of those
+with an adapter (``<model>:<adapter>``; else 404 ``model_not_found``). Blocked terms, adapters and the
+scheduler are checked before anything is queued (a blocked prompt never reaches the batcher).
+``response_format=url`` is accepted and answered with ``b64_json``: storing images and signing URLs is
+the router's job, and the router asks pods for b64_json. ``stream: true``
 answers Server-Sent Events (:mod:`..streaming`), queued before the 200 so that a full queue is still a
 JSON 429. A client that hangs up is dropped from the queue and counted as ``disconnected`` (status 499,
 which nobody reads), and so is one that hangs up while still sending its body (logged as one info line
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -25,6 +28,7 @@ from kubediffusion.api.errors import (
     APIError,
     InvalidRequestError,
     ModelNotFoundError,
+    ModerationBlockedError,
     QueueFullError,
     ServiceUnavailableError,
 )
@@ -43,8 +47,8 @@ from kubediffusion.inference.streaming import ImageEventStream
 
 router = APIRouter()
 
-Answer = tuple[list[str], dict[str, str]]
-"""A finished request: its base64 images, in order, and the fields its response echoes."""
+Answer = tuple[list[str], dict[str, Any]]
+"""A finished request: its base64 images, in order, and the fields its response echoes (and ``moderation``)."""
 
 
 @router.post("/v1/images/generations")
@@ -52,10 +56,17 @@ async def generations(request: Request, server: ServerDep) -> Response:
     async def handle() -> Response | Answer | None:
         body = await request.body()
         image_request = parse_generation_request(body, request.headers.get("content-type"))
-        server.check_model(image_request.model)
+        adapter = server.check_model(image_request.model)
         engine_request = EngineRequest.of_generation(image_request)
         server.check_engine(engine_request)
-        params = resolve_params(image_request, server.defaults, server.settings.limits, server.settings.presets)
+        params = resolve_params(
+            image_request,
+            server.defaults,
+            server.settings.limits,
+            server.settings.presets,
+            pipeline=server.pipeline_options,
+            model_adapter=adapter,
+        )
         if params.stream:
             stream = ImageEventStream(
                 server,
@@ -65,8 +76,10 @@ async def generations(request: Request, server: ServerDep) -> Response:
                 background=image_request.background,
             )
             return stream.response()
-        encoded = await await_unless_disconnected(request, server.generate(params, engine_request))
-        return None if encoded is None else (encoded, response_echo(image_request, params))
+        done = await await_unless_disconnected(request, server.generate(params, engine_request))
+        if done is None:
+            return None
+        return done.images, {**response_echo(image_request, params), **done.echo(server.settings.safety.action)}
 
     return await counted(server, handle)
 
@@ -79,6 +92,8 @@ async def counted(server: InferenceServer, handle: Callable[[], Awaitable[Respon
         answer = await handle()
     except APIError as exc:
         requests.labels(outcome(exc)).inc()
+        if isinstance(exc, ModerationBlockedError) and exc.stage == "input":
+            server.metrics.blocked_prompts.inc()
         raise
     except (asyncio.CancelledError, ClientDisconnect):
         requests.labels("disconnected").inc()
@@ -103,6 +118,8 @@ def outcome(error: APIError) -> str:
         return "queue_full"
     if isinstance(error, ModelNotFoundError):
         return "model_not_found"
+    if isinstance(error, ModerationBlockedError):
+        return "moderation_blocked"
     if isinstance(error, ServiceUnavailableError):
         return "not_ready"
     if isinstance(error, InvalidRequestError) or error.status_code < 500:

@@ -1,5 +1,8 @@
 """What this server serves: ``/v1/models`` (OpenAI's list shape) and ``/info`` (model, config, machine).
 
+``/v1/models`` lists the model, then one entry per LoRA adapter, ``<model>:<adapter>``, with ``parent``
+naming the model (vLLM's shape for its LoRA modules) and the adapter's default scale.
+
 The machine's CPU and RAM figures come from psutil, part of the ``inference`` extra; the base install
 (the stub and the adapters) answers them as null.
 """
@@ -33,6 +36,44 @@ def model_card(server: InferenceServer) -> dict[str, Any]:
         "pipeline": description.pipeline_class if description else None,
         "engine": settings.engine,
         "supports": supports(server),
+        "adapters": [adapter.name for adapter in settings.adapters],
+    }
+
+
+def adapter_cards(server: InferenceServer) -> list[dict[str, Any]]:
+    name = server.settings.served_name
+    return [
+        {
+            "id": f"{name}:{adapter.name}",
+            "object": "model",
+            "created": int(server.started_at),
+            "owned_by": "kubediffusion",
+            "parent": name,
+            "adapter": {"name": adapter.name, "defaultScale": adapter.default_scale},
+            "ready": server.phase == "ready",
+        }
+        for adapter in server.settings.adapters
+    ]
+
+
+def pipeline_info(server: InferenceServer) -> dict[str, Any]:
+    """Adapters, scheduler, component overrides and safety as configured and as loaded (the terms are
+    counted, not listed)."""
+    settings, description = server.settings, server.description
+    return {
+        "adapters": [adapter.model_dump(by_alias=True) for adapter in settings.adapters],
+        "scheduler": {
+            **settings.scheduler.model_dump(by_alias=True),
+            "default": description.scheduler if description else None,
+        },
+        "components": {name: config.model_dump(by_alias=True) for name, config in settings.components.items()},
+        "safety": {
+            "checker": settings.safety.checker,
+            "loadedChecker": description.safety_checker if description else None,
+            "action": settings.safety.action,
+            "blockedTerms": len(settings.safety.blocked_terms),
+            "allowLowModeration": settings.safety.allow_low_moderation,
+        },
     }
 
 
@@ -52,7 +93,7 @@ def supports(server: InferenceServer) -> dict[str, bool]:
 
 @router.get("/v1/models")
 async def models(server: ServerDep) -> Response:
-    return JSONResponse({"object": "list", "data": [model_card(server)]})
+    return JSONResponse({"object": "list", "data": [model_card(server), *adapter_cards(server)]})
 
 
 @router.get("/info")
@@ -82,6 +123,7 @@ async def info(server: ServerDep) -> Response:
                 "runningImages": batcher.running_images,
             },
             "engine": engine_info(server),
+            "pipeline": pipeline_info(server),
             "system": {
                 **machine(),
                 "vramTotalBytes": vram[1] if vram else None,

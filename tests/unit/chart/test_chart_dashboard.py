@@ -24,10 +24,7 @@ SOURCES = [REPO_ROOT / "kubediffusion" / "router", REPO_ROOT / "kubediffusion" /
 # Deployment replicas of the model Deployments im-<model>, from kube-state-metrics.
 KUBE_STATE_METRICS = {"kube_deployment_spec_replicas", "kube_deployment_status_replicas_available"}
 # Used by the dashboard before the code exports them (issue 16); remove a name here once it is exported.
-NOT_YET_EXPORTED = {
-    # The model server's accelerator memory, per pod: kind="used" and kind="total" (model-server side).
-    "kubediffusion_inference_gpu_memory_bytes",
-}
+NOT_YET_EXPORTED: set[str] = set()
 
 METRIC = re.compile(r"\b((?:kubediffusion|kube)_[a-z0-9_]+)\b")
 # prometheus_client's types, and the series each one exposes (a Counter's name loses, then regains, _total).

@@ -57,6 +57,11 @@ FIELD_TEXTS: dict[str, st.SearchStrategy[str]] = {
     "guidance_scale": number_texts | st.sampled_from(["50", "50.1", "-0"]),
     **{name: number_texts for name in ("n", "output_compression", "partial_images", "seed", "num_inference_steps")},
     **{name: texts | unicode_texts for name in ("user", "conversation_id", "negative_prompt")},
+    "adapters": st.sampled_from(
+        ['[{"name": "style-a"}]', '[{"name": "style-a", "scale": 3}]', '[{"name": "x", "scale": NaN}]', "[", "{}", ""]
+    )
+    | texts,
+    "scheduler": st.sampled_from(["EulerDiscreteScheduler", "DDIMScheduler", "NoSuchScheduler", ""]),
 }
 assert set(FIELD_TEXTS) == set(ImageEditFields.model_fields) | set(ImageVariationFields.model_fields)
 

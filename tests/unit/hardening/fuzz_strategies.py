@@ -123,6 +123,15 @@ FIELD_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "negative_prompt": texts | unicode_texts | huge_texts,
     "guidance_scale": st.floats(min_value=-1, max_value=51)
     | st.sampled_from([0, 0.0, -0.0, 50, 50.0, math.nextafter(50.0, 51.0), 1e308, 5e-324]),
+    "adapters": st.lists(
+        st.fixed_dictionaries(
+            {"name": st.sampled_from(["style-a", "nope", "", "STYLE-A"]) | texts},
+            optional={"scale": st.floats(min_value=-3, max_value=3) | st.sampled_from([0, 2, -2, 2.0001, 1e308, "1"])},
+        ),
+        max_size=9,
+    )
+    | st.sampled_from([[], {"name": "style-a"}, [{"name": "style-a", "weight": 1}], [{"name": "style-a"}] * 2]),
+    "scheduler": st.sampled_from(["EulerDiscreteScheduler", "DDIMScheduler", "NoSuchScheduler", ""]) | texts,
 }
 FIELD_VALUES.update({name: integers_around(*bounds) for name, bounds in INTEGER_RANGES.items()})
 assert set(FIELD_VALUES) == set(ImageGenerationRequest.model_fields), "every field of the schema is fuzzed"

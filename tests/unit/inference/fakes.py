@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -84,3 +85,26 @@ def settings_for(tmp_path: Path, **overrides: Any) -> InferenceSettings:
     }
     values.update(overrides)
     return InferenceSettings(**values)
+
+
+class FlaggingBackend(FakeBackend):
+    """A FakeBackend with a safety checker that flags images of odd seeds; its images are two-tone (left
+    half the seed's colour, right half white) so a blur shows. Records each checker call's image count."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.checked: list[int] = []
+
+    @property
+    def description(self) -> BackendDescription:
+        return dataclasses.replace(super().description, safety_checker="FakeChecker")
+
+    @staticmethod
+    def _image(job: ImageJob, seed: int) -> Image.Image:
+        image = FakeBackend._image(job, seed)
+        image.paste((255, 255, 255), (image.width // 2, 0, image.width, image.height))
+        return image
+
+    def flag_unsafe(self, images: list[Image.Image]) -> list[bool]:
+        self.checked.append(len(images))
+        return [bool(image.getpixel((0, 0))[0] % 2) for image in images]  # type: ignore[index]

@@ -14,9 +14,11 @@ import pytest
 from PIL import Image
 
 from kubediffusion.api.errors import (
+    AdapterNotFoundError,
     APIError,
     InvalidRequestError,
     ModelNotFoundError,
+    ModerationBlockedError,
     QueueFullError,
     RequestTooLargeError,
     ServiceUnavailableError,
@@ -72,7 +74,7 @@ async def test_generate_is_refused_until_warm_then_returns_base64_images(tmp_pat
         release.set()
         await poll(lambda: server.phase == "ready")
         assert server.ready_at is not None
-        images = await server.generate(params(n=2, seed=5))
+        images = (await server.generate(params(n=2, seed=5))).images
         assert [Image.open(io.BytesIO(base64.b64decode(b64))).size for b64 in images] == [(64, 64), (64, 64)]
         assert backend.calls[0][0].seeds == (5, 6)
     finally:
@@ -111,6 +113,9 @@ def test_the_served_name_and_aliases_are_answered_and_nothing_else(tmp_path: Pat
     [
         (QueueFullError("full", retry_after=1), "queue_full"),
         (ModelNotFoundError("x"), "model_not_found"),
+        (AdapterNotFoundError("x", "tiny"), "model_not_found"),
+        (ModerationBlockedError("input"), "moderation_blocked"),
+        (ModerationBlockedError("output"), "moderation_blocked"),
         (ServiceUnavailableError("loading"), "not_ready"),
         (InvalidRequestError("bad"), "invalid"),
         (RequestTooLargeError("big"), "invalid"),
