@@ -62,6 +62,7 @@ def test_chart_runs_the_images_built_here_with_its_default_tag(chart_docs: list[
         assert container(chart_pod(chart_docs, component), component)["image"] == images.operator
     env = {e["name"]: e.get("value") for e in container(chart_pod(chart_docs, "operator"), "operator")["env"]}
     assert env["KD_OPERATOR_INFERENCE_IMAGE"] == images.inference
+    assert env["KD_OPERATOR_ADAPTER_IMAGE"] == images.operator
 
 
 @pytest.mark.parametrize("component", ["operator", "router"])

@@ -69,6 +69,7 @@ def test_kind_values_use_the_locally_built_images(helm: Helm) -> None:
         assert pod["containers"][0]["image"] == "kubediffusion:dev"
     env = container_env(one(docs, "Deployment", "-operator")["spec"]["template"]["spec"], "operator")
     assert env["KD_OPERATOR_INFERENCE_IMAGE"] == "kubediffusion-inference:dev"
+    assert env["KD_OPERATOR_ADAPTER_IMAGE"] == "kubediffusion:dev"  # the stub and adapters: the torch-free image
 
 
 def _pod(stem: str) -> tuple[ImageModelSpec, dict[str, Any]]:

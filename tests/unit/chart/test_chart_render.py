@@ -208,9 +208,9 @@ def test_selectors_carry_no_versions_and_match_their_pods(default_docs: list[Man
 def test_images_are_pinned_never_latest(helm: Helm, values: dict[str, Any]) -> None:
     docs = helm.template(values)
     images = [c["image"] for _, pod in pod_specs(docs) for c in pod["containers"]]
-    images.append(container_env(one(docs, "Deployment", "-operator")["spec"]["template"]["spec"], "operator")[
-        "KD_OPERATOR_INFERENCE_IMAGE"])  # fmt: skip
-    assert len(images) == 3
+    operator_env = container_env(one(docs, "Deployment", "-operator")["spec"]["template"]["spec"], "operator")
+    images += [operator_env["KD_OPERATOR_INFERENCE_IMAGE"], operator_env["KD_OPERATOR_ADAPTER_IMAGE"]]
+    assert len(images) == 4
     for image in images:
         name, _, tag = image.rpartition(":")
         assert "@sha256:" in image or (name and tag and tag != "latest" and "/" not in tag), image
