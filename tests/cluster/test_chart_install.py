@@ -341,7 +341,7 @@ def test_pod_monitor_and_scraper_policy_install_and_read_back_as_rendered(
         networking = client.NetworkingV1Api(api_client)
         policies = [api_client.sanitize_for_serialization(p)
                     for p in networking.list_namespaced_network_policy(release_ns).items]  # fmt: skip
-        assert len(policies) == 4
+        assert len(policies) == 5  # ingress, serving egress, engine egress, cache Job and perNode egress
         target = Endpoint.of(model_pod(release_ns), {"metadata": {"labels": {
             "kubernetes.io/metadata.name": release_ns}}})  # fmt: skip
 

@@ -47,7 +47,7 @@ def test_default_install_is_namespace_scoped_with_roles_not_cluster_roles(defaul
     assert kinds == sorted([
         "CustomResourceDefinition", "ServiceAccount", "ServiceAccount", "Role", "Role", "RoleBinding",
         "RoleBinding", "Deployment", "Deployment", "Service", "Secret", "Secret", "PersistentVolumeClaim",
-        "NetworkPolicy", "NetworkPolicy", "NetworkPolicy", "NetworkPolicy",
+        "NetworkPolicy", "NetworkPolicy", "NetworkPolicy", "NetworkPolicy", "NetworkPolicy",
     ])  # fmt: skip
     for doc in default_docs:
         if doc["kind"] != "CustomResourceDefinition":
