@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from kubediffusion.fetch.errors import ArchiveError, FetchError, UnsafeArchiveError
-from kubediffusion.fetch.layout import Kind, Layout, Member, Parts, plan, quote_name, show
+from kubediffusion.fetch.layout import Content, Kind, Layout, Member, Parts, plan, quote_name, show
 from kubediffusion.fetch.limits import Limits
 from kubediffusion.imagemodel.names import CACHE_MARKER
 
@@ -286,11 +286,20 @@ def _open(archive_path: Path, suffix: str) -> Iterator[_Source]:
             yield _TarSource(tar)
 
 
-def extract(archive_path: Path, dest: Path, *, name: str, limits: Limits | None = None) -> Layout:
+def extract(
+    archive_path: Path,
+    dest: Path,
+    *,
+    name: str,
+    limits: Limits | None = None,
+    content: Content = "pipeline",
+    file: str | None = None,
+) -> Layout:
     """Extract ``archive_path`` (its format told by ``name``'s suffix) into the existing, empty ``dest``.
 
     The single top-level folder is unwrapped; ``dest`` must then hold a diffusers pipeline
-    (``model_index.json`` at its root). ``limits.max_bytes`` None: the free space of ``dest``'s volume.
+    (``model_index.json`` at its root), or with ``content`` weights, ``file`` or some .safetensors file.
+    ``limits.max_bytes`` None: the free space of ``dest``'s volume.
     """
     limits = limits or Limits()
     suffix = archive_suffix(name)
@@ -302,7 +311,15 @@ def extract(archive_path: Path, dest: Path, *, name: str, limits: Limits | None 
     with _open(archive_path, suffix) as source:
         with _reading():
             members = source.members(limits, archive_bytes=archive_bytes, max_bytes=max_bytes)
-        layout = plan(members, limits, archive_bytes=archive_bytes, max_bytes=max_bytes, reserved=(CACHE_MARKER,))
+        layout = plan(
+            members,
+            limits,
+            archive_bytes=archive_bytes,
+            max_bytes=max_bytes,
+            reserved=(CACHE_MARKER,),
+            content=content,
+            file=file,
+        )
         if layout.total_bytes > free:
             raise ArchiveError(f"the archive needs {layout.total_bytes} bytes but the volume has {free} free")
         _write(source, layout, dest, max_bytes)

@@ -146,21 +146,26 @@ def _basic_auth(target: Target) -> bytes | None:
     return b"Basic " + base64.b64encode(credentials)
 
 
-def archive_name(target: Target, response: httpcore.Response) -> str:
-    """The final URL's file name if it names an archive; else the final response's Content-Disposition name
-    (a CDN blob path such as a GitHub release asset's); else the final URL is refused."""
+def archive_name(target: Target, response: httpcore.Response, also: Sequence[str] = ()) -> str:
+    """The final URL's file name if it names an archive (or ends with one of ``also``: a weights file);
+    else the final response's Content-Disposition name (a CDN blob path such as a GitHub release asset's
+    or a Hugging Face file's); else the final URL is refused."""
+
+    def accepted(name: str) -> bool:
+        return bool(archive_suffix(name)) or name.lower().endswith(tuple(also))
+
     name = unquote(urlsplit(target.target).path).rsplit("/", 1)[-1]
-    if archive_suffix(name):
+    if accepted(name):
         return name
     disposition = _header(response, b"content-disposition")
     if disposition:
         message = Message()
         message["content-disposition"] = disposition
         filename = (message.get_filename() or "").replace("\\", "/").rsplit("/", 1)[-1]
-        if archive_suffix(filename):
+        if accepted(filename):
             return filename
-    suffixes = ", ".join(ARCHIVE_SUFFIXES)
-    raise RefusedError(f"{target.display()}: not a {suffixes} archive (the final URL is checked, after redirects)")
+    suffixes = ", ".join((*ARCHIVE_SUFFIXES, *also))
+    raise RefusedError(f"{target.display()}: not a {suffixes} file (the final URL is checked, after redirects)")
 
 
 def _save(response: httpcore.Response, into: Path, target: Target, max_bytes: int) -> tuple[str, int]:
@@ -197,10 +202,12 @@ def download(
     max_bytes: int,
     backend: httpcore.NetworkBackend | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    also: Sequence[str] = (),
 ) -> Downloaded:
     """Stream ``url`` into the file ``into``, following at most ``policy.max_redirects`` checked redirects.
 
-    ``ssl_context`` None: httpcore's default (certifi's CA bundle, as httpx used).
+    ``ssl_context`` None: httpcore's default (certifi's CA bundle, as httpx used). ``also``: file
+    suffixes accepted besides archives (``.safetensors`` for an adapter's or a component's weights).
     """
     target = policy.check_url(url)
     first_origin, auth = target.origin, _basic_auth(target)
@@ -229,7 +236,7 @@ def download(
                         continue
                     if response.status != 200:
                         raise _failed(target, response)
-                    name = archive_name(target, response)
+                    name = archive_name(target, response, also)
                     revision, size = _save(response, into, target, max_bytes)
                     return Downloaded(target.display(), name, revision, size)
     except AddressRefused as exc:  # from the backend, when connecting

@@ -29,7 +29,11 @@ from kubediffusion.fetch.limits import NAME_MAX, Limits
 
 Kind = Literal["file", "dir", "symlink", "hardlink"]
 Parts = tuple[str, ...]
+# What an archive must hold: a diffusers pipeline (the model), or weights (an adapter or a component:
+# a .safetensors file, or the one the spec names).
+Content = Literal["pipeline", "weights"]
 PIPELINE_INDEX = "model_index.json"
+WEIGHTS_SUFFIX = ".safetensors"
 
 
 @dataclass(frozen=True)
@@ -203,7 +207,14 @@ def _relative(folder: Parts, target: Parts) -> str:
 
 
 def plan(
-    members: Sequence[Member], limits: Limits, *, archive_bytes: int, max_bytes: int, reserved: Collection[str] = ()
+    members: Sequence[Member],
+    limits: Limits,
+    *,
+    archive_bytes: int,
+    max_bytes: int,
+    reserved: Collection[str] = (),
+    content: Content = "pipeline",
+    file: str | None = None,
 ) -> Layout:
     """Decide everything about ``members`` (in archive order); raise before anything would be written."""
     planner = _Planner(limits, reserved)
@@ -238,8 +249,23 @@ def plan(
         limits.check_total(layout.total_bytes, archive_bytes, max_bytes)
     except ValueError as exc:
         raise UnsafeArchiveError(str(exc)) from exc
-    _require_pipeline(planner.tree, layout)
+    if content == "pipeline":
+        _require_pipeline(planner.tree, layout)
+    else:
+        _require_weights(planner.tree, layout, file)
     return layout
+
+
+def _require_weights(tree: dict[Parts, Kind], layout: Layout, file: str | None) -> None:
+    """An adapter's or component's archive: the file the spec names, else at least one .safetensors file
+    (pickles are never loaded, so an archive of only those is refused here rather than at the server)."""
+    where = f" (after unwrapping the top-level folder {quote_name(layout.unwrapped)})" if layout.unwrapped else ""
+    if file is not None:
+        if tree.get(tuple(part for part in file.split("/") if part)) not in ("file", "hardlink", "symlink"):
+            raise ArchiveError(f"the archive has no {quote_name(file)}{where}")
+        return
+    if not any(parts[-1].endswith(WEIGHTS_SUFFIX) and kind != "dir" for parts, kind in tree.items() if parts):
+        raise ArchiveError(f"the archive has no {WEIGHTS_SUFFIX} file{where}: no weights the server loads")
 
 
 def _require_pipeline(tree: dict[Parts, Kind], layout: Layout) -> None:

@@ -3,6 +3,11 @@
     kubediffusion fetch-model --dest /models/model --huggingface REPO [--revision REV]
     kubediffusion fetch-model --dest /models/model --url https://host/model.tar.gz | s3://bucket/prefix
     kubediffusion fetch-model --dest /models/model --tiny [sd|sdxl]
+    kubediffusion fetch-model --dest /models/KEY/adapters/NAME --content weights [--file F] --huggingface REPO
+
+``--content weights`` fetches an adapter's or a component's weights into the model's copy (the cache
+Job runs one fetch-model per source): an archive must then hold ``--file`` or some .safetensors file
+instead of a pipeline, and a Hugging Face repo gives only ``--file`` (and a config.json beside it).
 
 Weights are written into a staging directory next to ``--dest`` and renamed into place only when
 complete, with the marker ``.kubediffusion-complete.json`` (source, revision, bytes, completedAt).
@@ -52,6 +57,15 @@ def _parser() -> argparse.ArgumentParser:
     chosen.add_argument("--url", help="http(s) archive URL (.tar.gz/.tgz/.tar/.zip) or s3://bucket/prefix")
     chosen.add_argument("--tiny", nargs="?", const="sd", metavar="KIND", help="the random-weight smoke-test model")
     parser.add_argument("--revision", default="main", help="Hugging Face revision (default main)")
+    parser.add_argument(
+        "--content",
+        choices=["pipeline", "weights"],
+        default="pipeline",
+        help="what the source holds: a diffusers pipeline (default), or weights (an adapter or component)",
+    )
+    parser.add_argument(
+        "--file", metavar="NAME", help="with --content weights: the .safetensors file the server loads (relative)"
+    )
     parser.add_argument("--termination-log", type=Path, help="write a JSON summary here (/dev/termination-log)")
     copies_ = parser.add_argument_group("copies side by side (new weights beside the serving ones)")
     copies_.add_argument(
@@ -84,22 +98,29 @@ def _keep(args: argparse.Namespace) -> list[Path]:
 
 
 def source_id(args: argparse.Namespace) -> str:
+    """What the marker records; a rerun with the same id finds its copy complete."""
     if args.huggingface:
-        return f"hf:{args.huggingface}@{args.revision}"
-    if args.url:
-        return f"url:{args.url}"
-    return f"tiny:{args.tiny}"
+        base = f"hf:{args.huggingface}@{args.revision}"
+    elif args.url:
+        base = f"url:{args.url}"
+    else:
+        return f"tiny:{args.tiny}"
+    return f"{base}#{args.file}" if args.file else base
 
 
 def _fetcher(args: argparse.Namespace, policy: DownloadPolicy, limits: Limits) -> Callable[[Path], str]:
+    file: str | None = args.file
     if args.huggingface:
-        return lambda staging: sources.fetch_huggingface(args.huggingface, args.revision, staging)
+        return lambda staging: sources.fetch_huggingface(args.huggingface, args.revision, staging, file=file)
     if args.url:
         url: str = args.url
         if url.startswith("s3://"):
             return lambda staging: sources.fetch_s3(url, staging)
         if url.startswith(("http://", "https://")):
-            return lambda staging: sources.fetch_http(url, staging, policy=policy, limits=limits)
+            content = args.content
+            return lambda staging: sources.fetch_http(
+                url, staging, policy=policy, limits=limits, content=content, file=file
+            )
         raise FetchError(f"unsupported URL scheme: {url!r} (http, https or s3)", permanent=True)
     kind: str = args.tiny
     return lambda staging: sources.fetch_tiny(kind, staging)
@@ -212,6 +233,10 @@ def main(argv: list[str]) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     policy, limits = options.policy_from(args, parser), options.limits_from(args)
+    if args.file is not None and (args.content != "weights" or args.tiny):
+        parser.error("--file goes with --content weights and --huggingface or --url")
+    if args.file is not None and (args.file.startswith("/") or ".." in Path(args.file).parts):
+        parser.error(f"--file must be a relative path inside the source, got {args.file!r}")
     source = source_id(args)
     try:
         summary = fetch(args.dest, source, _fetcher(args, policy, limits), prune=args.prune, keep=_keep(args))

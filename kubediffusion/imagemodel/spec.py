@@ -9,8 +9,10 @@ limits) raises :class:`InvalidSpecError` here, which the operator reports as ``F
 Defaults live here, not in the CRD schema, because some depend on other fields (the tiny model).
 
 ``engine`` (:mod:`.engine`) says what makes the images: the diffusers engine (the default) serves the
-weights of ``source``; every other engine holds its own weights, so ``source``, ``pipeline``, ``dtype``
-and ``cache`` are refused with it (:data:`DIFFUSERS_ONLY`).
+weights of ``source``; every other engine holds its own weights, so ``source``, ``pipeline``, ``dtype``,
+``cache`` and the pipeline's ``adapters``, ``scheduler`` and ``components`` are refused with it
+(:data:`DIFFUSERS_ONLY`; of ``safety`` it takes the blocked terms). Sources are :mod:`.sources`, the
+pipeline's fields :mod:`.pipelines`.
 """
 
 from __future__ import annotations
@@ -24,12 +26,30 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from kubediffusion.api.limits import GenerationDefaults, GenerationLimits, StylePreset, parse_size
 from kubediffusion.imagemodel.engine import Engine
+from kubediffusion.imagemodel.pipelines import (
+    Adapter,
+    Components,
+    Extra,
+    Safety,
+    SchedulerConfig,
+    check_adapters,
+    extras,
+)
+from kubediffusion.imagemodel.sources import HuggingFaceSource, PvcSource, Source, TinySource
 from kubediffusion.imagemodel.tiny import TINY_DEFAULTS, TINY_LIMITS
 from kubediffusion.imagemodel.wire import InvalidSpecError, SecretKeyRef, display_url
 from kubediffusion.imagemodel.wire import SpecPart as _Spec
 
-# Defined in .wire (shared with .engine); imported from here by the rest of the package, as before.
-__all__ = ["InvalidSpecError", "SecretKeyRef", "display_url"]
+# Defined in .wire, .sources (shared with .engine, .pipelines); imported from here by the rest of the package.
+__all__ = [
+    "HuggingFaceSource",
+    "InvalidSpecError",
+    "PvcSource",
+    "SecretKeyRef",
+    "Source",
+    "TinySource",
+    "display_url",
+]
 
 DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
 
@@ -40,71 +60,8 @@ CacheMode = Literal["shared", "perNode"]
 SwapMode = Literal["sideBySide", "scaleToZero"]
 # Access modes that let pods on more than one node mount a claim at once.
 SHAREABLE_ACCESS_MODES = frozenset({"ReadWriteMany", "ReadOnlyMany"})
-# Fields only the diffusers engine reads (wire names): another engine holds its own weights.
-DIFFUSERS_ONLY = ("source", "pipeline", "dtype", "cache")
-
-
-class HuggingFaceSource(_Spec):
-    repo: str = Field(min_length=1, max_length=200)
-    revision: str = Field(default="main", min_length=1, max_length=255)
-    token_secret_ref: SecretKeyRef | None = None
-
-
-class PvcSource(_Spec):
-    claim_name: str = Field(min_length=1, max_length=253)
-    path: str = Field(default="", max_length=1024)
-
-
-class TinySource(_Spec):
-    kind: str = Field(default="sd", min_length=1, max_length=32)
-
-
-class Source(_Spec):
-    """Where the diffusers engine's weights come from: exactly one of the four. A model of another engine
-    has none (``Source()``, kind ``none``): it reads no weights of ours."""
-
-    huggingface: HuggingFaceSource | None = None
-    url: str | None = None
-    pvc: PvcSource | None = None
-    tiny: TinySource | None = None
-
-    @model_validator(mode="after")
-    def _at_most_one(self) -> Source:
-        chosen = [n for n in ("huggingface", "url", "pvc", "tiny") if getattr(self, n) is not None]
-        if len(chosen) > 1:
-            raise ValueError(f"exactly one of huggingface, url, pvc, tiny must be set (got {', '.join(chosen)})")
-        return self
-
-    @property
-    def kind(self) -> Literal["huggingface", "url", "pvc", "tiny", "none"]:
-        if self.huggingface is not None:
-            return "huggingface"
-        if self.url is not None:
-            return "url"
-        if self.pvc is not None:
-            return "pvc"
-        return "tiny" if self.tiny is not None else "none"
-
-    @property
-    def needs_fetch(self) -> bool:
-        """Whether a cache Job fills a cache volume (every source except an already-populated PVC, and none)."""
-        return self.kind in ("huggingface", "url", "tiny")
-
-    def describe(self) -> str:
-        """Short human form, shown in the ``Source`` printer column."""
-        if self.huggingface is not None:
-            return f"hf:{self.huggingface.repo}@{self.huggingface.revision}"
-        if self.url is not None:
-            shown = display_url(self.url)
-            return shown if len(shown) <= 60 else shown[:57] + "..."
-        if self.pvc is not None:
-            return f"pvc:{self.pvc.claim_name}/{self.pvc.path}".rstrip("/")
-        return f"tiny:{self.tiny.kind} (smoke test)" if self.tiny is not None else "none"
-
-    def cache_key(self) -> str:
-        """Changes exactly when the cached bytes must change: a new source means a new download."""
-        canonical = json.dumps(self.model_dump(mode="json", exclude_none=True), sort_keys=True)
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+# Fields only the diffusers engine reads (wire names): another engine holds its own weights and pipeline.
+DIFFUSERS_ONLY = ("source", "pipeline", "dtype", "cache", "adapters", "scheduler", "components")
 
 
 class Resources(_Spec):
@@ -220,6 +177,10 @@ class ImageModelSpec(_Spec):
     cache: Cache = Field(default_factory=Cache)
     serving: Serving = Field(default_factory=Serving)
     image: str = ""
+    adapters: list[Adapter] = Field(default_factory=list)  # the pipeline's extras: docs/pipelines.md
+    scheduler: SchedulerConfig | None = None
+    components: Components | None = None
+    safety: Safety | None = None
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> ImageModelSpec:
@@ -234,6 +195,7 @@ class ImageModelSpec(_Spec):
             field = ".".join(str(p) for p in err["loc"])
             raise InvalidSpecError(field, err["msg"]) from None
         spec._check_engine()
+        spec._check_pipeline()
         try:
             spec._check_defaults_within_limits()
         except ValidationError as exc:  # an overlay of partial limits that contradicts itself
@@ -262,6 +224,21 @@ class ImageModelSpec(_Spec):
             size = self.effective_defaults.size
             raise InvalidSpecError("engine.sizes", f"the default size {size} is not one of {engine.sizes}")
 
+    def _check_pipeline(self) -> None:
+        """What the server refuses of the adapters as a list, a non-diffusers checker, and extra weights
+        to download where nothing downloads (a pvc source is the cache)."""
+        problem = check_adapters(self.adapters)
+        if problem is not None:
+            raise InvalidSpecError(*problem)
+        safety = self.safety
+        if self.engine.name != "diffusers" and safety is not None and safety.checker not in ("none", "auto"):
+            why = f"an image checker runs in the diffusers engine; engine {self.engine.name} takes only blockedTerms"
+            raise InvalidSpecError("safety.checker", why)
+        fetched = next((extra for extra in self.extras if extra.fetched), None)
+        if fetched is not None and self.source.pvc is not None:
+            why = "is downloaded into the cache, and a pvc source is the cache (put it in a pvc too)"
+            raise InvalidSpecError(fetched.field, f"{fetched.source.describe()} {why}")
+
     def _check_defaults_within_limits(self) -> None:
         width, height = parse_size(self.effective_defaults.size)
         limits = self.effective_limits
@@ -276,6 +253,25 @@ class ImageModelSpec(_Spec):
             raise InvalidSpecError(
                 "defaults.steps", f"{self.effective_defaults.steps} exceeds limits.maxSteps={limits.max_steps}"
             )
+
+    @property
+    def extras(self) -> list[Extra]:
+        """The pipeline's extra weights (adapters, components, a checker repo), fetched or mounted."""
+        return extras(self.adapters, self.components, self.safety) if self.needs_weights else []
+
+    def weights_key(self) -> str:
+        """The cache key of the model's copy: the source's, and with extra weights fetched into the copy
+        also theirs, so a change of adapters or components is a new copy beside the serving one."""
+        key = self.source.cache_key()
+        fetched = sorted(  # by directory: the order of the adapters in the list is not their bytes
+            (extra.subdir, extra.source.model_dump(mode="json", exclude_none=True), extra.file)
+            for extra in self.extras
+            if extra.fetched
+        )
+        if not fetched:
+            return key  # as before extra weights existed: an upgrade downloads nothing again
+        canonical = json.dumps({"source": key, "extras": fetched}, sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     @property
     def desired_replicas(self) -> int:

@@ -85,6 +85,7 @@ class CacheStatus(_Wire):
 
     ``pending``: a new source downloading beside the serving copy; ``retiring``: the copy the pods are
     rolling away from, removed once the rollout is complete (the operator's memory between reconciles).
+    ``key`` covers the extra weights fetched into the copy too (``ImageModelSpec.weights_key``).
     """
 
     claim_name: str | None = None  # None for a perNode cache (each pod has its own volume)
@@ -95,6 +96,9 @@ class CacheStatus(_Wire):
     completed_at: str | None = None
     pending: CacheCopy | None = None
     retiring: CacheCopy | None = None
+    # The resolved revisions of the extra weights fetched into the copy, by their directory in it
+    # (adapters/<name>, components/<kind>, safety-checker); None without any.
+    extras: dict[str, str] | None = None
 
 
 class AutoscalingStatus(_Wire):

@@ -23,6 +23,7 @@ An engine other than diffusers reads no weights of ours: its cache is ``NotNeede
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -50,6 +51,7 @@ from kubediffusion.operator.problems import (
     UNBOUND_CLAIMS,
     Failure,
     Obj,
+    fetch_summaries,
     fetch_summary,
     is_true,
     job_failure,
@@ -109,7 +111,7 @@ def rolled_out_to(deployment: Obj | None, copy: CacheCopy) -> bool:
 
 def plan_cache(spec: ImageModelSpec, previous: CacheStatus | None, deployment: Obj | None) -> CachePlan:
     """The copies of a shared cache for this spec, given what the last status remembered."""
-    key = spec.source.cache_key()
+    key = spec.weights_key()
     done = previous is not None and bool(previous.completed_at and previous.key and previous.path)
     prev = previous if done and previous is not None else None
     same = prev is not None and prev.key == key
@@ -181,7 +183,7 @@ def _shared_state(
     observed: Observed,
     previous: CacheStatus | None,
 ) -> CacheState:
-    state = _target_state(plan.target, claim_name, claim_pending, observed, previous)
+    state = _target_state(spec, plan.target, claim_name, claim_pending, observed, previous)
     if state.ready:
         retiring = plan.serving or plan.retiring
         return _with(state, retiring=retiring)
@@ -195,6 +197,7 @@ def _shared_state(
         revision=old.revision,
         bytes=old.bytes,
         completed_at=old.completed_at,
+        extras=old.extras,
         pending=plan.target,
         retiring=plan.retiring,
     )
@@ -213,8 +216,23 @@ def _with(state: CacheState, *, retiring: CacheCopy | None) -> CacheState:
     return replace(state, info=state.info.model_copy(update={"retiring": retiring}))
 
 
+def extra_revisions(spec: ImageModelSpec, summaries: Mapping[str, Mapping[str, Any]]) -> dict[str, str] | None:
+    """The revisions fetch-model reported for the extra weights, by their directory in the copy."""
+    out = {}
+    for extra in spec.extras:
+        revision = summaries.get(extra.container, {}).get("revision") if extra.fetched else None
+        if isinstance(revision, str) and revision:
+            out[extra.subdir] = revision
+    return out or None
+
+
 def _target_state(
-    target: CacheCopy, claim_name: str, claim_pending: bool, observed: Observed, previous: CacheStatus | None
+    spec: ImageModelSpec,
+    target: CacheCopy,
+    claim_name: str,
+    claim_pending: bool,
+    observed: Observed,
+    previous: CacheStatus | None,
 ) -> CacheState:
     """The copy the spec asks for: complete (this Job or an earlier one said so), downloading, or why not."""
     info = CacheStatus(claim_name=claim_name, path=target.path, key=target.key)
@@ -225,18 +243,25 @@ def _target_state(
         # These weights were cached before and the finished Job has been deleted since (by hand, a cleanup
         # policy for finished Jobs, or to prune an old copy): its re-run finds the marker at once.
         info = info.model_copy(
-            update={"revision": prev.revision, "bytes": prev.bytes, "completed_at": prev.completed_at}
+            update={
+                "revision": prev.revision,
+                "bytes": prev.bytes,
+                "completed_at": prev.completed_at,
+                "extras": prev.extras,
+            }
         )
         msg = f"weights cached in {claim_name} (a new cache Job checks them)"
         return CacheState(DOWNLOADED, msg, ready=True, info=info)
     if job is None:
         return CacheState(CACHE_PENDING, "creating the cache Job", info=info)
     if is_true(job, "Complete"):
+        summaries = fetch_summaries(observed.job_pods)
         summary = fetch_summary(observed.job_pods)
         revision = _str(summary["revision"]) if "revision" in summary else prev.revision
         info = info.model_copy(
             update={
                 "revision": revision,
+                "extras": extra_revisions(spec, summaries) or prev.extras,
                 "bytes": _int(summary["bytes"]) if "bytes" in summary else prev.bytes,
                 "completed_at": _str(get(job, "status", "completionTime")) or prev.completed_at,
             }
@@ -263,10 +288,12 @@ def _target_state(
 
 def per_node_state(spec: ImageModelSpec, observed: Observed) -> CacheState:
     """perNode: each pod's init container fills its own volume; the pods report how that went."""
-    key = spec.source.cache_key()
+    key = spec.weights_key()
     info = CacheStatus(path=names.cache_dir(key), key=key)
     summary = fetch_summary(observed.pods, init=True)
     if summary.get("revision"):
-        info = info.model_copy(update={"revision": _str(summary["revision"]), "bytes": _int(summary.get("bytes"))})
+        extras = extra_revisions(spec, fetch_summaries(observed.pods, init=True))
+        update = {"revision": _str(summary["revision"]), "bytes": _int(summary.get("bytes")), "extras": extras}
+        info = info.model_copy(update=update)
     message = "each pod downloads its own copy into a generic ephemeral volume (cache.mode perNode)"
     return CacheState(PER_NODE_CACHE, message, ready=True, info=info)

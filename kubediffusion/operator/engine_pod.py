@@ -33,6 +33,7 @@ from kubediffusion.operator.parts import (
     scheduling,
     server_probes,
 )
+from kubediffusion.operator.pipelines import pipeline_settings
 from kubediffusion.operator.problems import ENGINE_CONTAINER, SERVER_CONTAINER
 
 CREDENTIALS_DIR = "/var/run/kubediffusion/engine-credentials"
@@ -56,6 +57,7 @@ def engine_env(spec: ImageModelSpec, model: str) -> list[Manifest]:
         "PORT": str(names.PORT),
         **queue_settings(spec),
         **request_settings(spec),
+        **pipeline_settings(spec, ""),
     }
     optional: dict[str, str | None] = {
         "ENGINE_URL": engine.upstream_url,

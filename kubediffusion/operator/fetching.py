@@ -2,6 +2,11 @@
 
 A shared cache is filled by the cache Job (``im-<name>-cache``); a perNode cache by an init container
 of each model pod (:func:`fetch_container` serves both). Pure: no API calls, no environment, no clock.
+
+Extra weights of the pipeline (adapters, components, a checker repo: ``spec.extras``) are fetched into
+the model's copy, one fetch-model container each (:func:`fetch_containers`), after the model's own:
+its copy is swapped into place whole, so anything written inside it earlier would go. Each gets the same
+download policy and limits as the model's source, and its own termination message (its revision).
 """
 
 from __future__ import annotations
@@ -9,7 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from kubediffusion.imagemodel import names
-from kubediffusion.imagemodel.spec import ImageModelSpec
+from kubediffusion.imagemodel.pipelines import Extra
+from kubediffusion.imagemodel.spec import ImageModelSpec, SecretKeyRef
 from kubediffusion.operator.parts import (
     CacheVolume,
     Context,
@@ -23,6 +29,7 @@ from kubediffusion.operator.parts import (
     scratch_env,
 )
 from kubediffusion.operator.policy import HTTPS_ONLY, DownloadPolicy
+from kubediffusion.operator.problems import FETCH_CONTAINER
 
 FETCH_RESOURCES = {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "4Gi"}}
 
@@ -52,26 +59,66 @@ def fetch_args(
     if source.huggingface is not None:
         return [*args, "--huggingface", source.huggingface.repo, "--revision", source.huggingface.revision]
     if source.url is not None:
-        args += ["--url", source.url]
-        if source.url.startswith(("http://", "https://")):
-            args += download.fetch_flags()
-            if volume.owned or spec.per_node_cache:
-                args += ["--max-bytes", spec.cache.size]
-        return args
+        return [*args, *_url_args(spec, volume, download, source.url)]
     if source.tiny is not None:
         return [*args, "--tiny", source.tiny.kind]
     raise ValueError("a pvc source needs no cache Job")
 
 
-def fetch_container(spec: ImageModelSpec, ctx: Context, args: list[str]) -> Manifest:
-    """fetch-model writing the cache volume (mounted read-write at /models)."""
-    env = scratch_env()
+def _url_args(spec: ImageModelSpec, volume: CacheVolume, download: DownloadPolicy, url: str) -> list[str]:
+    args = ["--url", url]
+    if url.startswith(("http://", "https://")):
+        args += download.fetch_flags()
+        if volume.owned or spec.per_node_cache:
+            args += ["--max-bytes", spec.cache.size]
+    return args
+
+
+def extra_fetch_args(
+    spec: ImageModelSpec, extra: Extra, volume: CacheVolume, download: DownloadPolicy, *, weights_dir: str
+) -> list[str]:
+    """fetch-model for one extra weight source, into ``<weights_dir>/<subdir>`` (never pruning)."""
+    args = ["--dest", extra.path(weights_dir), "--termination-log", "/dev/termination-log", "--content", "weights"]
+    if extra.file is not None:
+        args += ["--file", extra.file]
+    source = extra.source
+    if source.huggingface is not None:
+        return [*args, "--huggingface", source.huggingface.repo, "--revision", source.huggingface.revision]
+    if source.url is not None:
+        return [*args, *_url_args(spec, volume, download, source.url)]
+    raise ValueError("a pvc source is mounted, not fetched")
+
+
+def fetch_containers(
+    spec: ImageModelSpec, ctx: Context, volume: CacheVolume, model_args: list[str], *, weights_dir: str
+) -> list[Manifest]:
+    """The model's fetch container, then one per fetched extra weight source, in the order they must run."""
     hf = spec.source.huggingface
-    if hf is not None and hf.token_secret_ref is not None:
-        ref = {"name": hf.token_secret_ref.name, "key": hf.token_secret_ref.key}
-        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": ref}})
+    out = [fetch_container(spec, ctx, model_args, token=hf.token_secret_ref if hf is not None else None)]
+    for extra in spec.extras:
+        if not extra.fetched:
+            continue
+        args = extra_fetch_args(spec, extra, volume, ctx.download, weights_dir=weights_dir)
+        token = extra.source.huggingface.token_secret_ref if extra.source.huggingface is not None else None
+        out.append(fetch_container(spec, ctx, args, name=extra.container, token=token))
+    return out
+
+
+def fetch_container(
+    spec: ImageModelSpec,
+    ctx: Context,
+    args: list[str],
+    *,
+    name: str = FETCH_CONTAINER,
+    token: SecretKeyRef | None = None,
+) -> Manifest:
+    """fetch-model writing the cache volume (mounted read-write at /models); ``token``: a Hugging Face
+    token's Secret key (the model's own source, or an extra weight source's)."""
+    env = scratch_env()
+    if token is not None:
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token.name, "key": token.key}}})
     return {
-        "name": "fetch",
+        "name": name,
         "image": ctx.image,
         "command": ["kubediffusion", "fetch-model"],
         "args": args,
@@ -109,12 +156,15 @@ def build_cache_job(
     volume = cache_volume(spec, owner.name)
     dest = dest or volume.model_dir
     pod_labels = names.labels(owner.name, "cache", smoke_test=spec.is_smoke_test)
+    model_args = fetch_args(spec, volume, ctx.download, dest=dest, keep=keep)
+    *first, last = fetch_containers(spec, ctx, volume, model_args, weights_dir=dest)
     pod_spec: Manifest = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "securityContext": pod_security_context(),
         **scheduling(ctx.hardware, pin=owner.name if pin else None),
-        "containers": [fetch_container(spec, ctx, fetch_args(spec, volume, ctx.download, dest=dest, keep=keep))],
+        **({"initContainers": first} if first else {}),  # one after the other: the model's copy first
+        "containers": [last],
         "volumes": [
             {"name": "cache", "persistentVolumeClaim": {"claimName": volume.claim_name}},
             {"name": "tmp", "emptyDir": {}},
@@ -127,11 +177,13 @@ def build_cache_job(
     }
     meta = metadata(names.cache_job_name(owner.name), owner, pod_labels)
     meta["annotations"] = {
-        names.CACHE_KEY_ANNOTATION: spec.source.cache_key(),
+        names.CACHE_KEY_ANNOTATION: spec.weights_key(),
         names.CACHE_PATH_ANNOTATION: dest,
         names.CACHE_KEEP_ANNOTATION: ",".join(keep),
         names.TEMPLATE_HASH_ANNOTATION: digest(template),
     }
+    # Every container is fetch-model with extra weights (at most 20 rules: one without a name for all).
+    permanent = {} if first else {"containerName": FETCH_CONTAINER}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -141,7 +193,7 @@ def build_cache_job(
             # fetch-model exits 2 when a retry cannot help (404, unsafe archive): fail the Job at once.
             "podFailurePolicy": {
                 "rules": [
-                    {"action": "FailJob", "onExitCodes": {"containerName": "fetch", "operator": "In", "values": [2]}},
+                    {"action": "FailJob", "onExitCodes": {**permanent, "operator": "In", "values": [2]}},
                     {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
                 ]
             },

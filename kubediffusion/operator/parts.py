@@ -45,7 +45,7 @@ def cache_volume(spec: ImageModelSpec, model: str) -> CacheVolume:
         path = spec.source.pvc.path.strip("/")
         model_dir = f"{names.MODELS_MOUNT}/{path}" if path else names.MODELS_MOUNT
         return CacheVolume(spec.source.pvc.claim_name, model_dir, owned=False)
-    model_dir = names.cache_dir(spec.source.cache_key())
+    model_dir = names.cache_dir(spec.weights_key())
     if spec.cache.existing_claim:
         return CacheVolume(spec.cache.existing_claim, model_dir, owned=False)
     return CacheVolume(names.cache_claim_name(model), model_dir, owned=True)

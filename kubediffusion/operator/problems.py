@@ -26,6 +26,7 @@ from kubediffusion.imagemodel.status import (
 Obj = Mapping[str, Any]
 MAX_MESSAGE = 1024
 SERVER_CONTAINER = "inference"  # our server, in every model pod
+FETCH_CONTAINER = "fetch"  # fetch-model filling the model's copy (the cache Job; a perNode pod's init container)
 ENGINE_CONTAINER = "engine"  # a sidecar engine: an init container that keeps running (restartPolicy Always)
 
 # The scheduler's words for a pod whose Immediate-binding claim has no volume yet (PVCPending, not Unschedulable).
@@ -177,30 +178,63 @@ def _terminated(pod: Obj) -> Obj:
     return {}
 
 
-def _init_terminated(pod: Obj) -> Obj:
+def _terminated_all(pod: Obj) -> list[tuple[str, Obj]]:
+    """(name, terminated state) of the init containers that succeeded, then of the containers."""
+    out = _init_terminated_all(pod)
+    for status in field(pod, "status", "containerStatuses") or []:
+        term = field(status, "state", "terminated")
+        if term:
+            out.append((str(status.get("name", "")), dict(term)))
+    return out
+
+
+def _init_terminated_all(pod: Obj) -> list[tuple[str, Obj]]:
+    out: list[tuple[str, Obj]] = []
     for status in field(pod, "status", "initContainerStatuses") or []:
         term = field(status, "state", "terminated")
         if term and term.get("exitCode") == 0:
+            out.append((str(status.get("name", "")), dict(term)))
+    return out
+
+
+def _failed_terminated(pod: Obj) -> Obj:
+    """The failed init container's state (a cache Job with extra weights runs fetch-model in several),
+    else the container's."""
+    for status in field(pod, "status", "initContainerStatuses") or []:
+        term = field(status, "state", "terminated")
+        if term and term.get("exitCode") not in (0, None):
             return dict(term)
-    return {}
+    return _terminated(pod)
 
 
 def fetch_summary(pods: Sequence[Obj], *, init: bool = False) -> dict[str, Any]:
     """The JSON fetch-model writes to its termination message, from the newest pod that succeeded
-    (``init``: whose init container did, for perNode caches, where fetch-model runs before the server)."""
+    (``init``: whose init container did, for perNode caches, where fetch-model runs before the server).
+    The model's own container (``fetch``) when the pod has several (extra weights: :func:`fetch_summaries`)."""
+    summaries = fetch_summaries(pods, init=init)
+    return summaries.get(FETCH_CONTAINER) or next(iter(summaries.values()), {})
+
+
+def fetch_summaries(pods: Sequence[Obj], *, init: bool = False) -> dict[str, dict[str, Any]]:
+    """Every fetch container's summary by container name, from the newest pod that succeeded (``init``:
+    whose init containers did; then the model server is not one of them)."""
     for pod in _newest_first(pods):
         if init:
-            term = _init_terminated(pod)
+            terms = _init_terminated_all(pod)
         elif field(pod, "status", "phase") == "Succeeded":
-            term = _terminated(pod)
+            terms = _terminated_all(pod)
         else:
             continue
-        try:
-            value = json.loads(term.get("message") or "")
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            return value
+        found: dict[str, dict[str, Any]] = {}
+        for name, term in terms:
+            try:
+                value = json.loads(term.get("message") or "")
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                found.setdefault(name, value)
+        if found:
+            return found
     return {}
 
 
@@ -213,7 +247,7 @@ def job_failure(job: Obj, pods: Sequence[Obj]) -> Failure:
     for pod in _newest_first(pods):
         if field(pod, "status", "phase") != "Failed":
             continue
-        term = _terminated(pod)
+        term = _failed_terminated(pod)
         if term.get("message") or term.get("reason") or field(pod, "status", "message"):
             return _fetch_error({"message": field(pod, "status", "message"), **term})
     cond = condition_of(job, "Failed") or {}

@@ -13,7 +13,7 @@ from kubediffusion.imagemodel import names
 from kubediffusion.imagemodel.spec import ImageModelSpec
 from kubediffusion.imagemodel.status import CacheCopy
 from kubediffusion.operator.engine_pod import engine_pod_spec
-from kubediffusion.operator.fetching import build_cache_job, fetch_args, fetch_container
+from kubediffusion.operator.fetching import build_cache_job, fetch_args, fetch_containers
 from kubediffusion.operator.parts import (
     CacheVolume,
     Context,
@@ -31,6 +31,7 @@ from kubediffusion.operator.parts import (
     scratch_env,
     server_probes,
 )
+from kubediffusion.operator.pipelines import extra_volumes, pipeline_settings
 
 # The builders' shared parts and the cache Job live in their own modules; importable from here as before.
 __all__ = [
@@ -93,6 +94,7 @@ def inference_env(spec: ImageModelSpec, model: str, model_dir: str, gpus: int) -
         "WARMUP": str(serving.warmup).lower(),
         "COMPILE": str(serving.compile).lower(),
         **request_settings(spec),
+        **pipeline_settings(spec, model_dir),
     }
     env = [{"name": f"KD_INFERENCE_{key}", "value": value} for key, value in settings.items()]
     return [*env, {"name": "HF_HUB_OFFLINE", "value": "1"}, *scratch_env()]
@@ -167,7 +169,8 @@ def _weights_pod_spec(
     """The diffusers engine's pod: our server reading the weights at ``weights`` from the cache volume."""
     owner = ctx.owner
     volume = cache_volume(spec, owner.name)
-    weights = weights or CacheCopy(key=spec.source.cache_key(), path=volume.model_dir)
+    weights = weights or CacheCopy(key=spec.weights_key(), path=volume.model_dir)
+    extra_volumes_, extra_mounts = extra_volumes(spec)
     pod_spec: Manifest = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
@@ -189,6 +192,7 @@ def _weights_pod_spec(
                     {"name": "cache", "mountPath": names.MODELS_MOUNT, "readOnly": True},
                     {"name": "tmp", "mountPath": "/tmp"},
                     {"name": "dshm", "mountPath": "/dev/shm"},
+                    *extra_mounts,
                 ],
             }
         ],
@@ -196,11 +200,12 @@ def _weights_pod_spec(
             _cache_volume(spec, ctx, volume),
             {"name": "tmp", "emptyDir": {}},
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}},
+            *extra_volumes_,
         ],
     }
     if spec.per_node_cache:
         args = fetch_args(spec, volume, ctx.download, dest=weights.path)
-        pod_spec["initContainers"] = [fetch_container(spec, ctx, args)]
+        pod_spec["initContainers"] = fetch_containers(spec, ctx, volume, args, weights_dir=weights.path)
     return pod_spec, weights
 
 

@@ -215,6 +215,7 @@ FULL_STATUS = ImageModelStatus(
         completed_at="2026-01-01T00:00:00Z",
         pending=CacheCopy(key="fedcba9876543210", path="/models/fedcba9876543210"),
         retiring=CacheCopy(key="0011223344556677", path="/models/model"),
+        extras={"adapters/style-a": "sha256:0123", "components/unet": "fedcba98"},
     ),
     autoscaling=AutoscalingStatus(
         desired_replicas=2, load=3.25, reason="ScaleUp", message="load 3.2", last_scale_time="2026-01-01T00:00:09Z"

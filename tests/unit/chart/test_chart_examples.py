@@ -32,9 +32,19 @@ def _openapi_schema() -> dict[str, Any]:
     return schema
 
 
-def test_examples_cover_sdxl_turbo_sdxl_base_sd15_an_elastic_model_a_cpu_tiny_model_and_each_engine() -> None:
-    diffusers = {"sdxl-turbo", "sdxl-base", "sd15", "tiny-cpu", "sdxl-turbo-elastic"}
+def test_examples_cover_the_diffusers_models_an_elastic_one_a_cpu_tiny_one_and_each_engine() -> None:
+    diffusers = {"sdxl-turbo", "sdxl-base", "sdxl-lightning", "sd15", "tiny-cpu", "sdxl-turbo-elastic"}
     assert {p.stem for p in EXAMPLES} == diffusers | ENGINE_EXAMPLES
+
+
+def test_the_lightning_example_has_its_unet_trailing_euler_and_four_steps_without_guidance() -> None:
+    spec = ImageModelSpec.from_body(yaml.safe_load((EXAMPLES_DIR / "sdxl-lightning.yaml").read_text()))
+    assert spec.components is not None and spec.components.unet is not None
+    assert spec.components.unet.file == "sdxl_lightning_4step_unet.safetensors"
+    assert spec.scheduler is not None and spec.scheduler.name == "EulerDiscreteScheduler"
+    assert spec.scheduler.config == {"timestep_spacing": "trailing"}
+    defaults = spec.effective_defaults
+    assert (defaults.steps, defaults.guidance, defaults.size) == (4, 0.0, "1024x1024")
 
 
 def test_the_elastic_example_scales_to_zero_on_a_shareable_cache_with_room_for_a_swap() -> None:

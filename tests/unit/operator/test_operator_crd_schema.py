@@ -11,7 +11,9 @@ import yaml
 from pydantic import BaseModel
 
 from kubediffusion.imagemodel.engine import Engine, EnvVar
+from kubediffusion.imagemodel.pipelines import Adapter, Component, Components, Safety, SchedulerConfig
 from kubediffusion.imagemodel.resource import API_VERSION, KIND, PLURAL
+from kubediffusion.imagemodel.sources import ExtraSource, HuggingFaceSource, PvcSource
 from kubediffusion.imagemodel.spec import Autoscaling, ImageModelSpec
 from kubediffusion.imagemodel.wire import KeyRef
 from tests.support.examples import image_model, image_model_examples
@@ -66,6 +68,16 @@ def _aliases(model: type[BaseModel]) -> set[str]:
         (("engine", "credentialsSecretRef"), KeyRef),
         (("engine", "workflowConfigMapRef"), KeyRef),
         (("engine", "env", "items"), EnvVar),
+        (("adapters", "items"), Adapter),
+        (("adapters", "items", "source"), ExtraSource),
+        (("adapters", "items", "source", "huggingface"), HuggingFaceSource),
+        (("adapters", "items", "source", "pvc"), PvcSource),
+        (("scheduler",), SchedulerConfig),
+        (("components",), Components),
+        (("components", "unet"), Component),
+        (("components", "transformer"), Component),
+        (("components", "vae", "source"), ExtraSource),
+        (("safety",), Safety),
     ],
 )
 def test_schema_and_typed_spec_have_the_same_fields(path: tuple[str, ...], model: Any) -> None:
@@ -143,3 +155,24 @@ def test_the_scale_subresource_paths_exist_in_the_schema() -> None:
     assert properties["spec"]["properties"]["replicas"]["type"] == "integer"
     assert properties["status"]["properties"]["replicas"]["type"] == "integer"
     assert properties["status"]["properties"]["selector"]["type"] == "string"
+
+
+def test_pipeline_rules_match_the_model_servers() -> None:
+    # One definition of a valid adapter name, scale and scheduler name: the CRD repeats the server's.
+    from kubediffusion.api.pipelines import (
+        ADAPTER_NAME_PATTERN,
+        MAX_ADAPTER_SCALE,
+        MAX_ADAPTERS,
+        SCHEDULER_NAME_PATTERN,
+    )
+
+    spec = SCHEMA["properties"]["spec"]["properties"]
+    adapters = spec["adapters"]
+    assert adapters["maxItems"] == MAX_ADAPTERS
+    assert (adapters["x-kubernetes-list-type"], adapters["x-kubernetes-list-map-keys"]) == ("map", ["name"])
+    item = adapters["items"]["properties"]
+    assert item["name"]["pattern"] == ADAPTER_NAME_PATTERN
+    assert (item["defaultScale"]["minimum"], item["defaultScale"]["maximum"]) == (-MAX_ADAPTER_SCALE, MAX_ADAPTER_SCALE)
+    assert spec["scheduler"]["properties"]["name"]["pattern"] == "^$|" + SCHEDULER_NAME_PATTERN
+    assert spec["scheduler"]["properties"]["allowed"]["items"]["pattern"] == SCHEDULER_NAME_PATTERN
+    assert spec["safety"]["properties"]["action"]["enum"] == ["reject", "blur"]
