@@ -17,10 +17,11 @@ Three rules, each answered with the OpenAI envelope:
 What reaches this middleware depends on the HTTP parser in front of it. Observed with uvicorn 0.54,
 sending each variant on a real socket (``tests/unit/hardening/test_hardening_http_server.py`` replays
 this table against both apps: under h11 always, under httptools where it is installed). uvicorn's
-``auto`` picks httptools when it can import it; our images and venvs do not install it, so h11 serves.
+``auto`` picks httptools when it can import it; it is a dependency, so httptools serves (h11 is
+uvicorn's fallback where it is missing).
 
 ==========================================  ==========================  ===================================
-Content-Length sent                          h11 (the default here)       httptools (picked when installed)
+Content-Length sent                          h11 (fallback)               httptools (what serves: a dependency)
 ==========================================  ==========================  ===================================
 ``abc``, empty, ``-1``, ``+4``, ``0x4``,     parser's plain-text 400      parser's plain-text 400
 ``4.0``, ``1e1``, ``1_0``, ``4 4``,

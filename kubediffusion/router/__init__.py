@@ -16,7 +16,9 @@ Modules, each small and named for what it does:
     delivery.py        a pod's JSON answer to the client: ids, stored images, url links, raw image bytes
     streaming.py       stream: true: the pod's events passed on one by one, completed images given ids
     negotiation.py     Accept: image/png (jpeg, webp): raw image answers and their rules
-    routing.py         ModelEntry + RoutingTable: names, aliases, repo ids, the default model; capabilities
+    routing.py         ModelEntry + RoutingTable: names, aliases, repo ids, <model>:<adapter>, the default
+                       model; capabilities
+    adapters.py        a model's LoRA adapters (spec.adapters, static entries) and a request's checked early
     modelinfo.py       publisher / family / version, explicit or derived from a Hugging Face repo id
     discovery.py       the Discovery protocol + StaticDiscovery (YAML file)
     kube_discovery.py  KubernetesDiscovery: watches ImageModels and their inference Pods (lightkube, asyncio)

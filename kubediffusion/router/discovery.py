@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from kubediffusion.api.limits import GenerationDefaults, GenerationLimits, StylePreset
+from kubediffusion.router.adapters import AdapterSpec, adapter_scales
 from kubediffusion.router.modelinfo import ModelInfo, from_repo
 from kubediffusion.router.routing import CAPABILITIES, Capability, ModelEntry, RoutingTable
 
@@ -63,10 +64,15 @@ class ModelSpecFields(BaseModel):
     presets: dict[str, StylePreset] = Field(default_factory=dict)
 
 
+class StaticAdapter(AdapterSpec):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
 class StaticModel(ModelSpecFields):
     """A static config entry. ``repo`` is the Hugging Face repo id of the weights (requests may name
     the model by it; publisher, family and version are derived from it unless given, see modelinfo.py);
-    ``supports`` narrows what the model is asked for (default: everything)."""
+    ``supports`` narrows what the model is asked for (default: everything); ``adapters`` are its pods'
+    LoRA adapters ({name, defaultScale}; absent: unknown, the pods alone check adapter names)."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
@@ -77,6 +83,7 @@ class StaticModel(ModelSpecFields):
     family: str | None = Field(default=None, min_length=1, max_length=200)
     version: str | None = Field(default=None, min_length=1, max_length=200)
     supports: tuple[Capability, ...] = CAPABILITIES
+    adapters: tuple[StaticAdapter, ...] | None = None
 
 
 def notify(listeners: Iterable[Listener], table: RoutingTable) -> None:
@@ -115,6 +122,7 @@ def parse_static_config(data: Any) -> RoutingTable:
                     from_repo(model.repo)
                 ),
                 supports=frozenset(model.supports),
+                adapters=adapter_scales(model.adapters) if model.adapters is not None else None,
             )
         )
     return RoutingTable(entries)

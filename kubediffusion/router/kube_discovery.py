@@ -5,7 +5,8 @@ Two watch loops run as asyncio tasks on one lightkube ``AsyncClient``; ``stop`` 
 * ImageModels (``kubediffusion.io/v1alpha1``): spec aliases/default/defaults/limits/presets, the
   Hugging Face repo of spec.source (a name requests may use; publisher, family and version are
   derived from it unless spec.info sets them), the replicas the spec asks for and whether it scales
-  to zero (scale from zero: holding.py), status.readyReplicas and status.phase;
+  to zero (scale from zero: holding.py), status.readyReplicas and status.phase, and the names and
+  default scales of spec.adapters (requests may name ``<model>:<adapter>``: adapters.py);
 * Pods labelled ``app.kubernetes.io/component=inference`` and ``kubediffusion.io/model=<model>``
   (the labels of :mod:`kubediffusion.imagemodel.names`): a pod is an endpoint
   ``http://<status.podIP>:<container port named http>`` while it is Ready, has an IP and is not
@@ -44,6 +45,7 @@ from pydantic import ValidationError
 from kubediffusion.imagemodel.names import COMPONENT_LABEL, MODEL_LABEL, PORT, PORT_NAME
 from kubediffusion.imagemodel.resource import GROUP, KIND, PLURAL, VERSION
 from kubediffusion.imagemodel.spec import ImageModelSpec, InvalidSpecError
+from kubediffusion.router.adapters import spec_adapters
 from kubediffusion.router.discovery import notify
 from kubediffusion.router.modelinfo import ModelInfo, from_repo, tiny_info
 from kubediffusion.router.routing import ModelEntry, RoutingTable
@@ -96,6 +98,7 @@ def model_entry(obj: dict[str, Any], endpoints: tuple[str, ...]) -> ModelEntry |
         phase=phase if isinstance(phase, str) else None,
         repo=repo,
         info=explicit_info(obj, namespace, name).over(derived),
+        adapters=spec_adapters(obj, namespace, name),
     )
 
 

@@ -6,6 +6,7 @@ Settings come from ``KD_ROUTER_*`` environment variables and the few flags that 
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import sys
 
@@ -62,9 +63,15 @@ def main(argv: list[str]) -> int:
         log_config=None,  # uvicorn's lines go through the root handler too: request ids, JSON (logs.py)
         proxy_headers=False,  # forwarded headers are read only from trusted proxies (client_address.py)
         access_log=False,
-        http=http_protocol(settings.header_read_timeout),
+        loop=event_loop(),
+        http=http_protocol(settings.header_read_timeout),  # httptools when installed (a dependency), else h11
     )
     return 0
+
+
+def event_loop() -> str:
+    """uvicorn's ``loop=``: uvloop, a dependency (not on Windows), else asyncio's own."""
+    return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
 
 
 def check_tenants_file(settings: RouterSettings) -> None:

@@ -6,17 +6,25 @@ request never sees a half-applied update.
 A request names a model by its name, one of its aliases, or the Hugging Face repo id its weights come
 from (``stabilityai/sdxl-turbo``, matched without regard to case, as the Hub does); names win over
 aliases, aliases over repo ids.
+
+``<model>:<adapter>`` names one of a model's LoRA adapters (the model by any of those names, then a
+colon): the request goes to that model's pods as ``<its name>:<adapter>``, a name they answer to
+(:meth:`RoutingTable.target`). A model's adapters are known from its ImageModel's ``spec.adapters`` or a
+static entry's ``adapters``; a static entry without that list leaves them unknown, and then any
+well-formed adapter name goes on to the pods, which know.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from kubediffusion.api.errors import ModelNotFoundError, NotFoundError
 from kubediffusion.api.limits import GenerationDefaults, GenerationLimits, StylePreset
+from kubediffusion.api.pipelines import ADAPTER_NAME_PATTERN, PipelineOptions
 from kubediffusion.api.schema import GenerationParams, ImageGenerationRequest, resolve_params
 from kubediffusion.router.modelinfo import ModelInfo
 
@@ -46,6 +54,7 @@ class ModelEntry:
     repo: str | None = None  # the Hugging Face repo id of its weights, when they come from the Hub
     info: ModelInfo = field(default_factory=ModelInfo)  # publisher, family, version (see modelinfo.py)
     supports: frozenset[Capability] = frozenset(CAPABILITIES)
+    adapters: Mapping[str, float] | None = None  # LoRA adapter -> its default scale; None = unknown (static)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -82,7 +91,42 @@ class ModelEntry:
             "supports": {capability: capability in self.supports for capability in CAPABILITIES},
             "readyReplicas": ready,
             "endpoints": len(self.endpoints),
+            "adapters": list(self.adapters or ()),
         }
+
+    def describe_adapter(self, adapter: str) -> dict[str, Any]:
+        """The model object of ``<model>:<adapter>``, in the pod's shape (vLLM's for LoRA modules); a
+        default scale of null when the router does not know the model's adapters."""
+        ready = self.ready_replicas if self.ready_replicas is not None else len(self.endpoints)
+        return {
+            "id": f"{self.name}:{adapter}",
+            "object": "model",
+            "created": self.created,
+            "owned_by": self.namespace or "kubediffusion",
+            "parent": self.name,
+            "adapter": {"name": adapter, "defaultScale": (self.adapters or {}).get(adapter)},
+            "readyReplicas": ready,
+        }
+
+    def listing(self) -> list[dict[str, Any]]:
+        """Its entries of ``GET /v1/models``: the model, then each of its known adapters."""
+        return [self.describe(), *(self.describe_adapter(name) for name in self.adapters or ())]
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a request's ``model`` names: a model and, for ``<model>:<adapter>``, one of its adapters."""
+
+    entry: ModelEntry
+    adapter: str | None = None
+
+    @property
+    def served_name(self) -> str:
+        """The name the model's pods answer to: the model's own, with the adapter after a colon."""
+        return self.entry.name if self.adapter is None else f"{self.entry.name}:{self.adapter}"
+
+    def describe(self) -> dict[str, Any]:
+        return self.entry.describe() if self.adapter is None else self.entry.describe_adapter(self.adapter)
 
 
 def validate_against_model(request: ImageGenerationRequest, model: ModelEntry) -> GenerationParams:
@@ -141,10 +185,31 @@ class RoutingTable:
                     code="model_not_found",
                 )
             return self.default
-        entry = self._by_name.get(model) or self._by_repo.get(model.lower())
+        entry = self._lookup(model)
         if entry is None:
             raise ModelNotFoundError(model)
         return entry
+
+    def target(self, model: str | None) -> Target:
+        """The model a request names, or ``<model>:<adapter>``: the model and one of its adapters (404
+        ``model_not_found`` for a name the model's adapters lack: the pod's own check, reused)."""
+        if model is None:
+            return Target(self.resolve(None))
+        entry = self._lookup(model)
+        if entry is not None:
+            return Target(entry)
+        base, colon, adapter = model.rpartition(":")
+        entry = self._lookup(base) if colon else None
+        if entry is None:
+            raise ModelNotFoundError(model)
+        if entry.adapters is not None:
+            PipelineOptions(adapters=entry.adapters).model_adapter(model, {base})
+        elif not re.fullmatch(ADAPTER_NAME_PATTERN, adapter):
+            raise ModelNotFoundError(model)
+        return Target(entry, adapter)
+
+    def _lookup(self, model: str) -> ModelEntry | None:
+        return self._by_name.get(model) or self._by_repo.get(model.lower())
 
     def only(self, allowed: Callable[[ModelEntry], bool]) -> RoutingTable:
         """The table as if only the ``allowed`` models existed (a tenant's view: names, aliases, repo ids

@@ -15,6 +15,10 @@ with :func:`hmac.compare_digest` against every digest (no early exit), and no ke
 logged. A key listed twice (in one tenant or two, plain or as a digest) makes the file invalid: a key
 names exactly one tenant.
 
+A model allowed is allowed with its LoRA adapters (``tiny-sd:style-a`` whenever ``tiny-sd``): patterns
+match models' names and aliases, never ``<model>:<adapter>``, so that access is one decision per model
+(pods, quota and usage are per model too); a pattern with a ``:`` is logged, as it allows no adapter.
+
 :class:`TenantsFile` re-reads the file when its modification time or size changes (a rotated Secret
 takes effect without a restart). A file that cannot be read or is invalid fails closed: it is logged
 once, in one line that says where (a YAML line and column, a field path) but never echoes the file's
@@ -146,6 +150,9 @@ def parse_tenants(text: str) -> TenantBook:
             bucket=f"tenant:{item.name}",
         )
         tenants.append(tenant)
+        for position, pattern in enumerate(item.models or ()):
+            if ":" in pattern:  # most likely meant for an adapter, which comes with its model instead
+                log.warning("tenants.%d.models.%d: a pattern with ':' matches no model's adapter", index, position)
         for position, key in enumerate(item.keys):
             where = f"tenants.{index}.keys.{position}"
             key_digest = key_entry_digest(key, where)

@@ -303,6 +303,27 @@ def test_a_watch_from_a_version_the_api_server_no_longer_has_is_gone(
         loop.close()
 
 
+def crd_declares(field: str) -> bool:
+    crd = yaml.safe_load(CRD_PATH.read_text())
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    return field in spec.get("properties", {})
+
+
+@pytest.mark.skipif(not crd_declares("adapters"), reason="the ImageModel CRD does not declare spec.adapters yet")
+def test_discovery_reads_an_imagemodels_adapters(
+    api_client: client.ApiClient, namespace: str, discovery: KubernetesDiscovery
+) -> None:
+    adapter = {"name": "style-a", "source": {"url": "https://example.com/style-a.tar.gz"}, "defaultScale": 0.7}
+    client.CustomObjectsApi(api_client).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, imagemodel("styled", aliases=["dall-e-2"], adapters=[adapter])
+    )
+    wait_for(lambda: endpoints_of(discovery, "styled") == (), timeout=20, interval=0.1, message="model added")
+    target = discovery.table().target("dall-e-2:style-a")
+    assert target.served_name == "styled:style-a" and target.entry.adapters == {"style-a": 0.7}
+    with pytest.raises(NotFoundError):
+        discovery.table().target("styled:nope")
+
+
 async def test_router_lists_models_discovered_from_the_cluster(
     api_client: client.ApiClient, control_plane: Cluster, namespace: str, imagemodel_crd: None, tmp_path: Path
 ) -> None:

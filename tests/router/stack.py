@@ -69,14 +69,20 @@ def start_pods(model_dir: Path, count: int) -> list[Pod]:
 
 def start_stack(model_dir: Path, workdir: Path, pod_count: int = 2) -> Stack:
     pods = start_pods(model_dir, pod_count)
+    config = workdir / "models.yaml"
+    config.write_text(
+        static_config(MODEL, [pod.url for pod in pods], defaults=TINY_DEFAULTS, limits=TINY_LIMITS, aliases=[ALIAS])
+    )
+    return start_router_for(pods, config, workdir)
+
+
+def start_router_for(pods: list[Pod], config: Path, workdir: Path) -> Stack:
+    """Once ``pods`` are ready, a router with the static ``config`` (naming them); every process is
+    stopped when anything fails."""
     router: subprocess.Popen[bytes] | None = None
     try:
         for pod in pods:
             wait_ready(f"{pod.url}/readyz", timeout=READY_TIMEOUT, process=pod.process)
-        config = workdir / "models.yaml"
-        config.write_text(
-            static_config(MODEL, [pod.url for pod in pods], defaults=TINY_DEFAULTS, limits=TINY_LIMITS, aliases=[ALIAS])
-        )
         port = free_port()
         router = start_router(
             config,

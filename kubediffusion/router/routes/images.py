@@ -8,11 +8,16 @@ ready pod (retrying others, see :mod:`..forwarding`) -> the pod's answer to the 
 JSON with an ``id`` per image (stored when asked, linked for ``url``), a raw image for ``Accept: image/*``
 (:mod:`..negotiation`), or, for ``stream: true``, the pod's events as they come.
 
+``model`` may name one of the model's LoRA adapters, ``<model>:<adapter>``
+(:meth:`..routing.RoutingTable.target`), and ``adapters`` list several: names the model lacks are 404
+``model_not_found`` here (:mod:`..adapters`). The request is the model's all the same: its pods, its
+holding, its usage and metrics labels.
+
 The body the pod gets is the client's own unless the pod must see a field changed (an alias or repo
-id becomes the model's name; ``url`` becomes ``b64_json``; Accept's format becomes ``output_format``):
-then only those fields are rewritten. A multipart form is re-encoded with the changed fields and every
-other part (the images) copied byte for byte; the pod honours nothing but the form itself, so no
-header side channel has to be trusted or kept in step.
+id becomes the model's name, ``:<adapter>`` kept; ``url`` becomes ``b64_json``; Accept's format becomes
+``output_format``): then only those fields are rewritten. A multipart form is re-encoded with the changed
+fields and every other part (the images) copied byte for byte; the pod honours nothing but the form
+itself, so no header side channel has to be trusted or kept in step.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from fastapi.responses import Response
 from kubediffusion.api.edits import EditRequest, Task, parse_edit_request, parse_variation_request, resolve_edit_params
 from kubediffusion.api.multipart import MultipartLimits, encode_multipart, replace_fields
 from kubediffusion.api.schema import parse_generation_request
+from kubediffusion.router.adapters import check_adapters
 from kubediffusion.router.auth import Caller
 from kubediffusion.router.delivery import Delivery
 from kubediffusion.router.deps import RateLimitedCaller, StateDep
@@ -32,7 +38,7 @@ from kubediffusion.router.exchange import PodRequest, Tally, delivery_for, excha
 from kubediffusion.router.forwarding import EDITS_PATH, GENERATIONS_PATH, VARIATIONS_PATH
 from kubediffusion.router.negotiation import raw_format
 from kubediffusion.router.relay import json_body, pod_changes
-from kubediffusion.router.routing import ModelEntry, validate_against_model
+from kubediffusion.router.routing import Target, validate_against_model
 from kubediffusion.router.state import RouterState
 from kubediffusion.router.usage import Cost
 
@@ -60,7 +66,7 @@ def plan(
     request: Request,
     state: RouterState,
     caller: Caller,
-    entry: ModelEntry,
+    target: Target,
     asked: Asked,
     *,
     images: int,
@@ -72,7 +78,7 @@ def plan(
         request,
         state,
         caller=caller,
-        entry=entry,
+        entry=target.entry,
         response_format=asked.response_format,
         store=asked.store,
         conversation_id=asked.conversation_id,
@@ -81,10 +87,11 @@ def plan(
     )
     changes = pod_changes(
         model=asked.model,
-        entry=entry,
+        entry=target.entry,
         response_format=None if stream else (asked.response_format or state.settings.default_response_format),
         raw=raw,
         output_format=asked.output_format,
+        served=target.served_name,
     )
     return delivery, changes
 
@@ -99,15 +106,17 @@ async def generations(
     body = await request.body()
     with state.tracer.span("route") as span:
         parsed = parse_generation_request(body, request.headers.get("content-type"))
-        entry = state.views.table_for(caller.tenant).resolve(parsed.model)
-        counter.model = entry.name
+        target = state.views.table_for(caller.tenant).target(parsed.model)
+        entry = target.entry
+        counter.model = entry.name  # the model's, adapter or not: one label per model
         span.set("model", entry.name)
         stream = bool(parsed.stream)
         require(entry, "generations")
         if stream:
             require(entry, "streaming", param="stream")
         params = validate_against_model(parsed, entry)
-        delivery, changes = plan(request, state, caller, entry, parsed, images=parsed.n or 1, stream=stream)
+        check_adapters(target, parsed.adapters, parsed.model)
+        delivery, changes = plan(request, state, caller, target, parsed, images=parsed.n or 1, stream=stream)
         await counter.admit(caller, Cost.of_generation(params))
     pod = PodRequest(entry, GENERATIONS_PATH, json_body(body, changes), "application/json", stream=stream)
     return await exchange(request, state, counter, pod, delivery)
@@ -139,15 +148,17 @@ async def upload(task: Task, request: Request, counter: Tally, caller: Caller, s
     content_type = request.headers.get("content-type")
     with state.tracer.span("route") as span:
         parsed = parse_upload(task, body, content_type, state)
-        entry = state.views.table_for(caller.tenant).resolve(parsed.model)
-        counter.model = entry.name
+        target = state.views.table_for(caller.tenant).target(parsed.model)
+        entry = target.entry
+        counter.model = entry.name  # the model's, adapter or not: one label per model
         span.set("model", entry.name)
         require(entry, "edits" if task == "edit" else "variations")
         if parsed.stream:
             require(entry, "streaming", param="stream")
         params = resolve_edit_params(parsed, entry.defaults, entry.limits)
         fields = parsed.fields
-        delivery, changes = plan(request, state, caller, entry, fields, images=params.images, stream=parsed.stream)
+        check_adapters(target, fields.adapters, fields.model)
+        delivery, changes = plan(request, state, caller, target, fields, images=params.images, stream=parsed.stream)
         await counter.admit(caller, Cost.of_edit(params))
     if changes:
         body, content_type = encode_multipart(replace_fields(parsed.parts, dict(changes)))
