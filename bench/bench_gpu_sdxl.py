@@ -2,6 +2,13 @@
 
     python bench/bench_gpu_sdxl.py --steps 30 --batch 1 4 [--size 1024] [--dtypes bfloat16 float16]
                                    [--compile-modes max-autotune-no-cudagraphs] [--budget-s 540]
+                                   [--guidance 0 --turbo] [--cache-dir DIR]
+                                   [--variant diffusers|ours|compile --name N --json-out FILE]
+
+``bench/gpu.sh`` (``bench_gpu_run.py``) runs one ``--variant`` per process, each under a deadline.
+``--cache-dir``: the compiled variant loads torch.compile's cache artifacts from there before compiling
+and saves them after (``kubediffusion.inference.compilecache``, as the server does), so a second run
+measures a warm start.
 
 Needs only torch + transformers + diffusers (the repo root is put on sys.path for
 ``kubediffusion.inference.accel``, which is exactly what the inference server applies on CUDA, and
@@ -181,7 +188,9 @@ def build_pipeline(device: str, dtype: Any, smoke: bool) -> Any:
     return pipe
 
 
-def timed_call(pipe: Any, *, batch: int, steps: int, size: int, output_type: str, device: str) -> float:
+def timed_call(
+    pipe: Any, *, batch: int, steps: int, size: int, output_type: str, device: str, guidance: float = 5.0
+) -> float:
     import torch
 
     def sync() -> None:
@@ -194,7 +203,7 @@ def timed_call(pipe: Any, *, batch: int, steps: int, size: int, output_type: str
         pipe(
             prompt=["a photo of an astronaut riding a horse on the moon"] * batch,
             num_inference_steps=steps,
-            guidance_scale=5.0,
+            guidance_scale=guidance,
             width=size,
             height=size,
             output_type=output_type,
@@ -210,9 +219,14 @@ def run_variant(
     import torch
 
     from kubediffusion.inference.accel import optimize_pipeline
+    from kubediffusion.inference.compilecache import CompileCache
 
     started = time.perf_counter()
     pipe = build_pipeline(device, getattr(torch, dtype_name), args.smoke)
+    if args.turbo:  # SDXL-Turbo's schedule: the last timesteps, no CFG (--guidance 0)
+        pipe.scheduler = pipe.scheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
+    cache = CompileCache(args.cache_dir) if compile_mode and args.cache_dir else None
+    cache_loaded = cache.load() if cache is not None else None
     applied: list[str] = []
     if optimize:
         applied = optimize_pipeline(
@@ -222,16 +236,18 @@ def run_variant(
             **({"compile_mode": compile_mode} if compile_mode else {}),
         )
     result: dict[str, Any] = {"variant": name, "dtype": dtype_name, "applied": applied, "batches": {}}
+    if cache is not None:
+        result["compile_cache"] = "warm" if cache_loaded else "cold"
+    call = {"size": args.size, "device": device, "guidance": args.guidance}
     for batch in args.batch:
         warm = time.perf_counter()
-        timed_call(pipe, batch=batch, steps=2, size=args.size, output_type="latent", device=device)
-        timed_call(pipe, batch=batch, steps=2, size=args.size, output_type="pt", device=device)  # compiles decode
+        timed_call(pipe, batch=batch, steps=min(2, args.steps), output_type="latent", **call)
+        timed_call(pipe, batch=batch, steps=min(2, args.steps), output_type="pt", **call)  # compiles decode
         warmup_s = time.perf_counter() - warm
         latent_ms = min(
-            timed_call(pipe, batch=batch, steps=args.steps, size=args.size, output_type="latent", device=device)
-            for _ in range(args.repeats)
+            timed_call(pipe, batch=batch, steps=args.steps, output_type="latent", **call) for _ in range(args.repeats)
         )
-        e2e_ms = timed_call(pipe, batch=batch, steps=args.steps, size=args.size, output_type="pt", device=device)
+        e2e_ms = timed_call(pipe, batch=batch, steps=args.steps, output_type="pt", **call)
         result["batches"][str(batch)] = {
             "ms_per_step": round(latent_ms / args.steps, 2),
             "latent_ms": round(latent_ms, 1),
@@ -243,6 +259,8 @@ def run_variant(
             f"(warm-up {warmup_s:.0f}s)",
             flush=True,
         )
+    if cache is not None:
+        result["compile_cache_saved"] = cache.save()
     if device == "cuda":
         result["peak_vram_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         torch.cuda.reset_peak_memory_stats()
@@ -272,6 +290,14 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2, help="timed latent runs per cell (min is kept)")
     parser.add_argument("--budget-s", type=float, default=540, help="skip variants that would start after this")
     parser.add_argument("--smoke", action="store_true", help="tiny SDXL-shaped model on CPU (checks the script)")
+    parser.add_argument("--guidance", type=float, default=5.0, help="guidance scale (0: no CFG, as SDXL-Turbo)")
+    parser.add_argument("--turbo", action="store_true", help="SDXL-Turbo's trailing timestep schedule")
+    parser.add_argument("--cache-dir", type=Path, help="compile cache directory (loaded before, saved after)")
+    parser.add_argument(
+        "--variant", choices=["diffusers", "ours", "compile"], help="run only this variant (bench/gpu.sh: one each)"
+    )
+    parser.add_argument("--name", help="the variant's name in the results (with --variant)")
+    parser.add_argument("--json-out", type=Path, help="also write the summary JSON to this file")
     args = parser.parse_args()
 
     try:
@@ -282,7 +308,8 @@ def main() -> int:
     from kubediffusion.inference.accel import DEFAULT_COMPILE_MODE
 
     if args.smoke:
-        device, args.size, args.steps, args.dtypes, args.no_compile = "cpu", 64, 2, ["bfloat16"], True
+        device, args.size, args.steps, args.dtypes = "cpu", 64, min(args.steps, 2), ["bfloat16"]
+        args.no_compile = args.variant != "compile"
     elif not torch.cuda.is_available():
         print("CUDA is not available: skipped (run on a GPU machine, or --smoke to check the script on CPU)")
         print(json.dumps({"bench": "gpu_sdxl", "skipped": "CUDA not available"}))
@@ -295,6 +322,10 @@ def main() -> int:
     ]
     variants += [(f"ours_{dtype}", dtype, True, None) for dtype in args.dtypes]
     variants += [(f"ours_{dtype}_compile_{mode}", dtype, True, mode) for dtype in args.dtypes[:1] for mode in modes]
+    if args.variant is not None:
+        index = {"diffusers": 0, "ours": 1, "compile": len(variants) - 1}[args.variant]
+        name, *rest = variants[index]
+        variants = [(args.name or name, *rest)]  # type: ignore[list-item]
 
     gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu (smoke)"
     print(
@@ -323,6 +354,7 @@ def main() -> int:
         "device": gpu,
         "size": args.size,
         "steps": args.steps,
+        "guidance": args.guidance,
         "torch": torch.__version__,
         "variants": results,
         "skipped_over_budget": skipped,
@@ -350,6 +382,10 @@ def main() -> int:
         summary["h100_floor_ms_per_step"] = {str(b): round(H100_FLOOR_MS_PER_CFG_STEP * b, 1) for b in args.batch}
     summary["wall_s"] = round(time.perf_counter() - started, 1)
     print(json.dumps(summary))
+    if args.json_out is not None:
+        temporary = args.json_out.with_suffix(".part")
+        temporary.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+        temporary.replace(args.json_out)
     return 0
 
 

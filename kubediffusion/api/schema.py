@@ -116,16 +116,9 @@ class GenerationParams:
 
     @property
     def batch_key(self) -> tuple[Any, ...]:
-        """Requests with equal keys can share one pipeline call."""
-        return (
-            self.width,
-            self.height,
-            self.steps,
-            self.guidance,
-            self.output_format,
-            self.output_compression,
-            *self.pipeline.batch_key,
-        )
+        """Requests with equal keys can share one pipeline call (the output format and quality are not
+        part of it: each image is encoded on its own, after the call)."""
+        return (self.width, self.height, self.steps, self.guidance, *self.pipeline.batch_key)
 
 
 def parse_generation_request(body: bytes, content_type: str | None) -> ImageGenerationRequest:

@@ -314,8 +314,9 @@ class ImageModelSpec(_Spec):
         base = TINY_LIMITS if self.source.tiny is not None else GenerationLimits()
         return _overlay(base, self.limits)
 
-    def effective_dtype(self, gpus: int) -> Dtype:
-        """float16 on GPUs; float32 on CPU and for the tiny model unless the spec says otherwise."""
+    def effective_dtype(self, gpus: int) -> Dtype | Literal["auto"]:
+        """The model server's dtype: ``auto`` on GPUs (bfloat16 where the GPU has it, else float16: the
+        server asks the device); float32 on CPU and for the tiny model unless the spec says otherwise."""
         if self.dtype is not None:
             return self.dtype
-        return "float32" if gpus == 0 or self.source.tiny is not None else "float16"
+        return "float32" if gpus == 0 or self.source.tiny is not None else "auto"

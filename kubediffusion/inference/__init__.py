@@ -23,7 +23,11 @@ Modules, one job each:
     streaming.py stream: true -> Server-Sent Events fed by the batcher and the step callback
     previews.py  partial images from intermediate latents (linear latent->RGB, or a tiny autoencoder)
     accel.py     CUDA speed-ups (channels_last, fused QKV, torch.compile), shared with the GPU benchmark
+    shapes.py    batch buckets (padding for compiled pipelines), VAE slicing, pipeline output -> uint8 images
+    warmup.py    the warm-up before /readyz: which batch sizes and guidances
+    compilecache.py torch.compile's cache artifacts saved/loaded across restarts; no recompiles after warm-up
     encoding.py  PNG/JPEG/WebP + base64
+    encodepool.py encoding answers in a small thread pool, off the pipeline thread
     metrics.py   Prometheus metrics in a per-app registry
     main.py      ``main(argv)``: settings -> uvicorn; exit 1 when the model cannot be loaded
 

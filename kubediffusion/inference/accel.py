@@ -3,8 +3,9 @@
 On CUDA: TF32 matmuls, cuDNN autotuning, channels-last UNet/VAE, fused QKV projections (one GEMM
 instead of three in every attention block) and PyTorch's SDPA attention (diffusers' default
 ``AttnProcessor2_0``). With ``compile=True`` the UNet and the VAE decoder are also ``torch.compile``d
-(inductor, static shapes): each new (batch, size) shape compiles once, so the server's warm-up
-compiles every batch size at the default size; other sizes compile on their first request.
+(inductor, static shapes): each new (batch, size) shape compiles once, so the server pads batches to a
+few buckets and its warm-up compiles each at the default size (:mod:`.shapes`, :mod:`.warmup`); after
+that, other shapes run eagerly instead of compiling on a live request (:mod:`.compilecache`).
 Imports only torch (lazily), so ``bench/bench_gpu_sdxl.py`` runs with torch + transformers + diffusers.
 """
 

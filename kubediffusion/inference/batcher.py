@@ -26,6 +26,10 @@ Rules (each has a unit test in tests/unit/inference/test_inference_batcher.py):
   loop instead, still one batch at a time.
 - **Failures.** ``run`` raising fails its whole batch; a result that is an exception instance fails
   only its own item (an adapter's jobs are separate upstream calls).
+- **Finishing elsewhere.** A result may be a ``concurrent.futures.Future`` (images still being encoded
+  in the encoding pool): the worker starts the next batch at once, and the item gets that future's
+  outcome when it is done; ``on_batch`` then waits for all of the batch's futures (the encode phase
+  is part of its spans).
 - **Requests.** Each item belongs to the request that queued it (:mod:`.requestctx`). ``run`` sees the
   batch's :class:`~.requestctx.Batch` (its requests, for log lines and phase times) in ``BATCH``; when it
   is done each request gets its share of the batch's seconds, by images, before any result is delivered,
@@ -44,9 +48,9 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeAlias, TypeVar, cast
 
 from kubediffusion.api.errors import QueueFullError, ServiceUnavailableError
 from kubediffusion.inference.requestctx import BATCH, Batch, RequestContext, current_request
@@ -55,6 +59,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
+Result: TypeAlias = R | BaseException | Future[R]  # see "Finishing elsewhere"
 
 
 @dataclass(eq=False)
@@ -72,8 +77,7 @@ class Batcher(Generic[T, R]):
 
     def __init__(
         self,
-        run: Callable[[list[T]], Sequence[R | BaseException]]
-        | Callable[[list[T]], Awaitable[Sequence[R | BaseException]]],
+        run: Callable[[list[T]], Sequence[Result[R]]] | Callable[[list[T]], Awaitable[Sequence[Result[R]]]],
         *,
         key: Callable[[T], Hashable],
         size: Callable[[T], int],
@@ -102,6 +106,7 @@ class Batcher(Generic[T, R]):
         self._batch_seconds = 1.0  # running average of one batch's duration, for Retry-After
         self._sequential = False  # previous batch ran alone and nothing arrived meanwhile (none yet: False)
         self._closed = False
+        self._settling: set[asyncio.Task[None]] = set()  # batches whose results finish elsewhere
 
     # -- public -------------------------------------------------------------------------------
 
@@ -133,6 +138,10 @@ class Batcher(Generic[T, R]):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
             self._worker = None
+        for task in list(self._settling):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self._own_executor:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
@@ -223,11 +232,11 @@ class Batcher(Generic[T, R]):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=remaining)
 
-    async def _call(self, items: list[T]) -> Sequence[R | BaseException]:
+    async def _call(self, items: list[T]) -> Sequence[Result[R]]:
         if self._run_in_loop:
-            awaitable = cast(Awaitable[Sequence[R | BaseException]], self._run(items))
+            awaitable = cast(Awaitable[Sequence[Result[R]]], self._run(items))
             return await awaitable
-        run = cast(Callable[[list[T]], Sequence[R | BaseException]], self._run)
+        run = cast(Callable[[list[T]], Sequence[Result[R]]], self._run)
         context = contextvars.copy_context()  # the batch's (BATCH) in the worker thread too
         return await asyncio.get_running_loop().run_in_executor(self._executor, context.run, run, items)
 
@@ -245,6 +254,7 @@ class Batcher(Generic[T, R]):
             self._running_images = images
             record = Batch.of([(entry.request, entry.size, entry.enqueued_at) for entry in batch])
             token = BATCH.set(record)  # this task's (and so the worker thread's) log lines name the requests
+            settling = False
             try:
                 results = await self._call([e.item for e in batch])
                 record.finish()  # each request's share of the compute time, before anyone reads its result
@@ -266,13 +276,13 @@ class Batcher(Generic[T, R]):
                     if not entry.future.done():
                         entry.future.set_exception(exc)
             else:
-                for entry, result in zip(batch, results, strict=True):
-                    if entry.future.done():
-                        continue
-                    if isinstance(result, BaseException):
-                        entry.future.set_exception(result)
-                    else:
-                        entry.future.set_result(result)
+                if any(isinstance(result, Future) for result in results):
+                    settling = True
+                    task = asyncio.get_running_loop().create_task(self._settle(batch, results, record))
+                    self._settling.add(task)
+                    task.add_done_callback(self._settling.discard)
+                else:
+                    self._deliver(batch, cast(Sequence[R | BaseException], results))
             finally:
                 self._running_images = 0
                 self._sequential = len(batch) == 1 and not self._waiting
@@ -280,5 +290,36 @@ class Batcher(Generic[T, R]):
                     log.debug("batch %s: %d image(s) in %.3fs", record.id, images, record.seconds)
                 BATCH.reset(token)
             self._batch_seconds = 0.7 * self._batch_seconds + 0.3 * record.seconds
-            if self._on_batch is not None:
+            if self._on_batch is not None and not settling:
                 self._on_batch(record)
+
+    @staticmethod
+    def _deliver(batch: Sequence[_Entry[T, R]], results: Sequence[R | BaseException]) -> None:
+        for entry, result in zip(batch, results, strict=True):
+            if entry.future.done():
+                continue
+            if isinstance(result, BaseException):
+                entry.future.set_exception(result)
+            else:
+                entry.future.set_result(result)
+
+    async def _settle(self, batch: list[_Entry[T, R]], results: Sequence[Result[R]], record: Batch) -> None:
+        """Deliver each result as its future finishes (in batch order), then report the batch."""
+        try:
+            for entry, result in zip(batch, results, strict=True):
+                outcome: R | BaseException
+                if isinstance(result, Future):
+                    try:
+                        outcome = await asyncio.wrap_future(cast("Future[R]", result))
+                    except Exception as exc:
+                        outcome = exc
+                else:
+                    outcome = result
+                self._deliver([entry], [outcome])
+        except asyncio.CancelledError:  # stop()
+            for entry in batch:
+                if not entry.future.done():
+                    entry.future.set_exception(ServiceUnavailableError("The server is shutting down.", retry_after=1))
+            raise
+        if self._on_batch is not None:
+            self._on_batch(record)

@@ -88,8 +88,8 @@ class InferenceMetrics:
         )
         self.compile_seconds = Gauge(
             "kubediffusion_inference_compile_seconds",
-            "Seconds the warm-up of a compiled pipeline took (torch.compile compiles each batch shape then); "
-            "0 without compile.",
+            "Seconds the warm-up of a compiled pipeline took (torch.compile compiles each batch bucket, with and "
+            "without CFG, then; less with a warm compile cache); 0 without compile.",
             registry=self.registry,
         )
         self.gpu_memory = GpuMemory()

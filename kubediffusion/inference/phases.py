@@ -10,8 +10,11 @@ batch (warm-up) they are dropped.
 
 from __future__ import annotations
 
+import importlib
+import itertools
 import time
 from collections.abc import Callable
+from typing import Any
 
 from kubediffusion.inference.requestctx import current_batch
 
@@ -46,3 +49,20 @@ class PhaseClock:
     def _record(self, name: str, start: float, end: float) -> None:
         if self.batch is not None:
             self.batch.phase(name, start, end)
+
+
+def step_mark(on_cuda: bool) -> Any:
+    """A per-step timestamp for the backend: a CUDA event on a GPU (no sync per step), else the clock."""
+    if not on_cuda:
+        return time.perf_counter()
+    torch: Any = importlib.import_module("torch")
+    event = torch.cuda.Event(enable_timing=True)
+    event.record()
+    return event
+
+
+def step_seconds_between(marks: list[Any], on_cuda: bool) -> list[float]:
+    if not on_cuda:
+        return [later - earlier for earlier, later in itertools.pairwise(marks)]
+    marks[-1].synchronize()
+    return [earlier.elapsed_time(later) / 1000 for earlier, later in itertools.pairwise(marks)]

@@ -2,12 +2,17 @@
 
 ``load_backend(settings)`` is the ``BackendLoader`` the server uses: it checks the directory first (so
 a missing or half-written model fails in milliseconds with a clear message), picks the device (CUDA
-when present) and dtype (float16 on CPU falls back to float32 with a warning), loads offline with
+when present) and dtype (``auto``, below; float16 on CPU falls back to float32 with a warning), loads offline with
 ``AutoPipelineForText2Image`` or the named diffusers class, and applies ``accel.optimize_pipeline``.
 
 Determinism: image ``i`` of a request with seed ``s`` uses its own CPU ``torch.Generator`` seeded with
 ``s + i``, so the same request on the same device gives the same bytes whatever else shares its batch
-(within floating-point reproducibility of the device's kernels).
+(within floating-point reproducibility of the device's kernels), padding included.
+
+Per call (:mod:`.shapes`): a compiled pipeline's batch is padded to its bucket and the padding dropped
+after the call; the VAE is sliced above ``vae_slicing_pixels``; the output becomes uint8 on the device
+and PIL images on the host (encoding is the server's encoding pool's, off this thread). The dtype
+``auto`` is bfloat16 on GPUs that have it (the stock SDXL VAE then needs no float32 upcast), else float16.
 
 Edits and variations run the image-to-image and inpainting pipelines that diffusers' ``from_pipe``
 makes from the loaded one: new pipeline objects around the *same* modules (UNet, VAE, text encoders,
@@ -29,7 +34,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
-import itertools
 import json
 import logging
 import math
@@ -44,9 +48,11 @@ from kubediffusion.inference.accel import optimize_pipeline
 from kubediffusion.inference.adapters import AdapterSwitch, load_adapters
 from kubediffusion.inference.backend import BackendDescription, ImageJob, ModelLoadError, StepCallback, TaskKind
 from kubediffusion.inference.components import load_components
+from kubediffusion.inference.phases import step_mark, step_seconds_between
 from kubediffusion.inference.previews import PreviewDecoder, PreviewEmitter, load_preview_decoder
 from kubediffusion.inference.safety import ImageChecker, load_checker, pipeline_load_kwargs
 from kubediffusion.inference.schedulers import SchedulerSet, configure_schedulers
+from kubediffusion.inference.shapes import batch_buckets, bucket_for, output_images, padded, set_vae_slicing
 from kubediffusion.tinymodel import read_smoke_test_marker
 
 if TYPE_CHECKING:
@@ -93,6 +99,14 @@ def resolve_device(requested: str) -> str:
 
 
 def resolve_dtype(requested: str, device: str) -> str:
+    """``auto``: bfloat16 on GPUs that have it (no float32 upcast of the SDXL VAE, no overflow), else
+    float16; float32 on CPU."""
+    if requested == "auto":
+        if device != "cuda":
+            return "float32"
+        import torch
+
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
     if device == "cpu" and requested == "float16":
         log.warning("float16 is not supported on CPU; loading the model in float32 instead")
         return "float32"
@@ -161,8 +175,12 @@ class DiffusersBackend:
         adapters: AdapterSwitch | None = None,
         schedulers: SchedulerSet | None = None,
         checker: ImageChecker | None = None,
+        buckets: tuple[int, ...] = (),
+        vae_slicing_pixels: int = 0,
     ) -> None:
         self.pipe = pipe
+        self.buckets = buckets  # batch sizes a call is padded to (compiled pipelines, see .shapes)
+        self.vae_slicing_pixels = vae_slicing_pixels
         self.pipes = derive_pipelines(pipe)
         self.previews = previews
         self.adapters = adapters
@@ -194,25 +212,32 @@ class DiffusersBackend:
             raise RuntimeError(f"this model has no {kind} pipeline")
         self._choose(pipe, first)
         accepted = self._params[kind]
-        prompts = [job.params.prompt for job in jobs for _ in job.seeds]
-        negatives = [job.params.negative_prompt for job in jobs for _ in job.seeds]
-        generators = [torch.Generator(device="cpu").manual_seed(seed) for job in jobs for seed in job.seeds]
+        count = sum(len(job.seeds) for job in jobs)
+        size = bucket_for(count, self.buckets)  # padded slots: see .shapes
+        prompts = padded([job.params.prompt for job in jobs for _ in job.seeds], size)
+        negatives = padded([job.params.negative_prompt for job in jobs for _ in job.seeds], size)
+        seeds = padded([seed for job in jobs for seed in job.seeds], size)
+        generators = [
+            torch.Generator(device="cpu").manual_seed(seed if i < count else 0) for i, seed in enumerate(seeds)
+        ]
         kwargs: dict[str, Any] = {
             "prompt": prompts,
             "num_inference_steps": first.steps,
             "guidance_scale": first.guidance,
             "generator": generators,
-            "output_type": "pil",
+            "output_type": "pt",
         }
         if "width" in accepted:
             kwargs.update(width=first.width, height=first.height)
+        set_vae_slicing(pipe, size * first.width * first.height, self.vae_slicing_pixels)
         source = jobs[0].source
         if source is not None:
-            kwargs["image"] = [job.source.image for job in jobs if job.source for _ in job.seeds]
+            kwargs["image"] = padded([job.source.image for job in jobs if job.source for _ in job.seeds], size)
             kwargs["strength"] = source.strength
             kwargs["num_inference_steps"] = steps_for_strength(first.steps, source.strength)
             if source.mask is not None:
-                kwargs["mask_image"] = [job.source.mask for job in jobs if job.source for _ in job.seeds]
+                masks = [job.source.mask for job in jobs if job.source for _ in job.seeds]
+                kwargs["mask_image"] = padded(masks, size)
         # All-empty negatives are left out: SDXL treats None (zeros) and "" (encoded) differently.
         if self._has_negative and any(negatives):
             kwargs["negative_prompt"] = negatives
@@ -226,21 +251,21 @@ class DiffusersBackend:
         )
         timed = on_step is not None
         if (timed or emitter is not None) and "callback_on_step_end" in accepted:
-            marks.append(_mark(on_cuda))
+            marks.append(step_mark(on_cuda))
 
             def _step(pipe: Any, step_index: int, _timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
                 if emitter is not None:
                     emitter.after_step(pipe, step_index, callback_kwargs["latents"])
-                marks.append(_mark(on_cuda))
+                marks.append(step_mark(on_cuda))
                 return callback_kwargs
 
             kwargs["callback_on_step_end"] = _step
         with torch.inference_mode():
-            images: list[Image] = list(pipe(**kwargs).images)
+            images = output_images(pipe(**kwargs).images, count)
         self.last_preview_seconds = emitter.seconds if emitter is not None else 0.0
         if on_step is not None:
             if len(marks) > 1:
-                for seconds in _step_seconds(marks, on_cuda):
+                for seconds in step_seconds_between(marks, on_cuda):
                     on_step(seconds)
             else:
                 per_step = (time.perf_counter() - started) / max(1, first.steps)
@@ -286,22 +311,6 @@ class DiffusersBackend:
             import torch
 
             torch.cuda.empty_cache()
-
-
-def _mark(on_cuda: bool) -> Any:
-    if not on_cuda:
-        return time.perf_counter()
-    torch: Any = importlib.import_module("torch")
-    event = torch.cuda.Event(enable_timing=True)
-    event.record()
-    return event
-
-
-def _step_seconds(marks: list[Any], on_cuda: bool) -> list[float]:
-    if not on_cuda:
-        return [later - earlier for earlier, later in itertools.pairwise(marks)]
-    marks[-1].synchronize()
-    return [earlier.elapsed_time(later) / 1000 for earlier, later in itertools.pairwise(marks)]
 
 
 def _quiet_progress_bars() -> None:
@@ -366,12 +375,13 @@ def load_backend(settings: InferenceSettings) -> DiffusersBackend:
         time.monotonic() - started,
         f" (speed-ups: {', '.join(applied)})" if applied else "",
     )
+    compiled = settings.compile and device == "cuda"
     description = BackendDescription(
         pipeline_class=type(pipe).__name__,
         device=device,
         dtype=dtype_name,
         smoke_test=smoke_test,
-        compiled=settings.compile and device == "cuda",
+        compiled=compiled,
         components=tuple(overrides),
     )
     return DiffusersBackend(
@@ -381,4 +391,6 @@ def load_backend(settings: InferenceSettings) -> DiffusersBackend:
         adapters=adapters,
         schedulers=schedulers,
         checker=checker,
+        buckets=batch_buckets(settings.max_batch_size) if compiled else (),
+        vae_slicing_pixels=settings.vae_slicing_pixels,
     )

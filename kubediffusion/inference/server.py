@@ -29,7 +29,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal
 
 from kubediffusion.api.edits import EditParams
@@ -49,7 +49,9 @@ from kubediffusion.inference.backend import (
     ModelLoadError,
 )
 from kubediffusion.inference.batcher import Batcher
-from kubediffusion.inference.encoding import encode_image, to_b64
+from kubediffusion.inference.compilecache import CompileCache, freeze_shapes
+from kubediffusion.inference.encodepool import EncodePool
+from kubediffusion.inference.encoding import encode_image
 from kubediffusion.inference.engines.base import Engine, EngineRequest, upload_of
 from kubediffusion.inference.engines.runner import EngineRunner
 from kubediffusion.inference.inputs import prepare_all
@@ -59,13 +61,13 @@ from kubediffusion.inference.phases import PhaseClock
 from kubediffusion.inference.requestctx import Batch
 from kubediffusion.inference.settings import InferenceSettings
 from kubediffusion.inference.tracing import make_tracer
+from kubediffusion.inference.warmup import warm_guidances, warm_sizes, warm_up
 from kubediffusion.tinymodel import read_smoke_test_marker
 
 log = logging.getLogger(__name__)
 
 Phase = Literal["loading", "warming", "ready", "failed"]
 NOT_READY_RETRY_AFTER = 5.0
-WARMUP_MAX_STEPS = 2
 ENGINE_RETRY_S = 1.0  # between health checks of an engine that is not up yet
 EngineFactory = Callable[[InferenceSettings], Engine]
 
@@ -79,7 +81,8 @@ def effective_defaults(settings: InferenceSettings, marker: dict[str, Any] | Non
 
 def batch_key(job: ImageJob) -> tuple[Any, ...]:
     """Jobs with equal keys share one pipeline call: same shape and settings, same task kind and, for
-    edits, the same strength and input size (the inputs are passed as lists)."""
+    edits, the same strength and input size (the inputs are passed as lists). The output format and
+    quality are not part of it: each image is encoded on its own, after the call (:mod:`.encodepool`)."""
     # Empty and non-empty negative prompts are not mixed: SDXL encodes "" differently from none.
     key: tuple[Any, ...] = (*job.params.batch_key, job.params.negative_prompt == "", job.kind)
     if job.source is not None:
@@ -148,6 +151,7 @@ class InferenceServer:
         self.multipart_limits = MultipartLimits(max_bytes=settings.max_upload_bytes)
         # Partial images are encoded here, in order, so the pipeline thread never waits for an encoder.
         self.preview_encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kd-preview")
+        self.encoder = EncodePool(settings.png_compress_level)  # the answers' images, off the pipeline thread
 
     @property
     def smoke_test(self) -> bool:
@@ -176,6 +180,7 @@ class InferenceServer:
             self._loading = None
         await self.batcher.stop()
         self.preview_encoder.shutdown(wait=False, cancel_futures=True)
+        self.encoder.shutdown()
         if self.backend is not None:
             self.backend.close()
             self.backend = None
@@ -234,33 +239,23 @@ class InferenceServer:
         log.info("ready: serving %s (%s)%s", self.settings.served_name, ", ".join(sorted(self.names)), engine)
 
     def _warm_up(self, backend: ImageBackend) -> None:
-        """In the worker thread: one small image per batch shape the server will run."""
-        width, height = self.defaults.width_height
-        params = GenerationParams(
-            prompt="warm-up",
-            negative_prompt="",
-            n=1,
-            width=width,
-            height=height,
-            steps=min(self.defaults.steps, WARMUP_MAX_STEPS),
-            guidance=self.defaults.guidance,
-            seed=0,
-            output_format="png",
-            output_compression=100,
+        """In the worker thread: the warm-up (:mod:`.warmup`), between loading and saving the compile cache."""
+        description = backend.description
+        cache = CompileCache(self.settings.compile_cache_dir) if description.compiled else None
+        if cache is not None:
+            cache.load()
+        level = self.settings.png_compress_level
+        warm_up(
+            backend,
+            self.defaults,
+            warm_sizes(description, self.settings.max_batch_size),
+            warm_guidances(description, self.defaults.guidance),
+            encode=lambda image: encode_image(image, "png", png_level=level),
+            checker=self._checker(backend),
         )
-        # Compiled pipelines compile per batch shape: warm every batch size the batcher can form.
-        sizes = range(1, self.settings.max_batch_size + 1) if backend.description.compiled else (1,)
-        for n in sizes:
-            job = ImageJob(params=dataclasses.replace(params, n=n), seeds=tuple(range(n)))
-            started = time.monotonic()
-            images = backend.generate([job])
-            if len(images) != 1 or len(images[0]) != n:
-                raise RuntimeError(f"warm-up returned {len(images[0]) if images else 0} images, expected {n}")
-            encode_image(images[0][0], "png")
-            checker = self._checker(backend)
-            if checker is not None:  # the checker's first call is slow too
-                checker(images[0][:1])
-            log.info("warm-up batch of %d at %dx%d took %.2fs", n, width, height, time.monotonic() - started)
+        if cache is not None:
+            cache.save()
+            freeze_shapes()
 
     # -- serving --------------------------------------------------------------------------------
 
@@ -364,8 +359,8 @@ class InferenceServer:
             raise
         return JobImages.merge(results).check()
 
-    def _run_batch(self, jobs: list[ImageJob]) -> list[JobImages]:
-        """In the worker thread: generate, moderate, then encode (PNG/JPEG/WebP + base64) off the event loop."""
+    def _run_batch(self, jobs: list[ImageJob]) -> list[Future[JobImages]]:
+        """In the worker thread: generate and moderate, then hand the images to the encoding pool."""
         backend = self.backend
         if backend is None:
             raise ServiceUnavailableError("The model is not loaded.", retry_after=NOT_READY_RETRY_AFTER)
@@ -378,19 +373,7 @@ class InferenceServer:
         if checker is not None:
             clock.lap("safety")
         self.metrics.flagged_images.labels(action).inc(sum(result.flagged for result in results))
-        encoded = [
-            JobImages(
-                [
-                    to_b64(encode_image(image, job.params.output_format, job.params.output_compression))
-                    for image in done.images
-                ],
-                done.flagged,
-                done.blurred,
-            )
-            for job, done in zip(jobs, results, strict=True)
-        ]
-        clock.lap("encode")
-        return encoded
+        return self.encoder.submit(jobs, results, on_done=lambda: clock.lap("encode"))
 
     @staticmethod
     def _checker(backend: ImageBackend) -> Callable[[list[Any]], list[bool]] | None:

@@ -39,7 +39,7 @@ from kubediffusion.api.pipelines import (
     SchedulerConfig,
 )
 
-Dtype = Literal["float16", "bfloat16", "float32"]
+Dtype = Literal["auto", "float16", "bfloat16", "float32"]
 Device = Literal["auto", "cpu", "cuda"]
 EngineName = Literal["diffusers", "invokeai", "comfyui", "automatic1111", "openai", "stub"]
 ADAPTERS: frozenset[str] = frozenset({"invokeai", "comfyui", "automatic1111", "openai"})  # need engine_url
@@ -68,7 +68,11 @@ class InferenceSettings(BaseSettings):
         default_factory=list, description="other names this model answers to (JSON list; on the CLI also a,b)"
     )
     pipeline: str = Field(default="auto", description="'auto' (AutoPipelineForText2Image) or a diffusers class")
-    dtype: Dtype = Field(default="float16", description="weights dtype; float16 on CPU falls back to float32")
+    dtype: Dtype = Field(
+        default="auto",
+        description="weights dtype; auto = bfloat16 on GPUs that have it, else float16 (float32 on CPU, where "
+        "float16 also falls back to float32)",
+    )
     device: Device = Field(default="auto", description="auto = cuda when available, else cpu")
     host: str = Field(default="127.0.0.1", description="listen address (pods set 0.0.0.0)")
     port: int = Field(default=8000, ge=0, le=65535, description="listen port")
@@ -77,6 +81,19 @@ class InferenceSettings(BaseSettings):
     max_queue: int = Field(default=16, ge=1, le=10_000, description="most images waiting; beyond it 429")
     warmup: bool = Field(default=True, description="make one image before reporting ready")
     compile: bool = Field(default=False, description="torch.compile the UNet/VAE (CUDA only)")
+    compile_cache_dir: Path | None = Field(
+        default=None,
+        description="writable directory that outlives the pod: torch.compile's artifacts are loaded from it "
+        "before warm-up and saved to it after (compile only); unset = compile from scratch each start",
+    )
+    png_compress_level: int = Field(
+        default=1, ge=0, le=9, description="zlib level of PNG answers (0-9; 1 is fast, 6 is Pillow's default)"
+    )
+    vae_slicing_pixels: int = Field(
+        default=4 * 1024 * 1024,
+        ge=0,
+        description="decode a batch one image at a time when batch x width x height exceeds this (0 = never)",
+    )
     defaults: GenerationDefaults = Field(default_factory=GenerationDefaults, description="JSON GenerationDefaults")
     limits: GenerationLimits = Field(default_factory=GenerationLimits, description="JSON GenerationLimits")
     presets: dict[str, StylePreset] = Field(default_factory=dict, description="JSON map name -> StylePreset")

@@ -16,10 +16,11 @@ start; a missing one keeps the container from starting too (a kubelet reports th
 event, with the pod ContainerCreating: close enough for the tests, which read the logs).
 
 Path mapping: a process cannot see ``/models``, so every env value or argument that starts with a volume
-mount path is rewritten to the local directory backing that volume (PVCs use the test provisioner's
-directories, as does a generic ephemeral volume: the claim ``<pod>-<volume>`` Kubernetes makes for it;
-emptyDirs a per-pod temp dir), and ``0.0.0.0`` (listen on the pod's address) becomes the
-pod IP. The container's ``terminationMessagePath`` is mapped to a per-pod file the same way.
+mount path (or each such string of an env value that is JSON: ``KD_INFERENCE_ADAPTERS``) is rewritten to
+the local directory backing that volume (PVCs use the test provisioner's directories, as does a generic
+ephemeral volume: the claim ``<pod>-<volume>`` Kubernetes makes for it; emptyDirs a per-pod temp dir),
+and ``0.0.0.0`` (listen on the pod's address) becomes the pod IP. The container's
+``terminationMessagePath`` is mapped to a per-pod file the same way.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import ipaddress
+import json
 import logging
 import os
 import re
@@ -227,6 +229,27 @@ class PodRunner:
             return str(pod.workdir / "termination-log")
         return value.replace("0.0.0.0", pod.ip)
 
+    def _rewrite_env(self, pod: RunningPod, value: str) -> str:
+        """An env value, or each string of a JSON one (the model server's pipeline settings hold paths)."""
+        if not value.startswith(("[", "{")):
+            return self._rewrite(pod, value)
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            return self._rewrite(pod, value)
+
+        def walk(item: Any) -> Any:
+            if isinstance(item, str):
+                return self._rewrite(pod, item)
+            if isinstance(item, list):
+                return [walk(x) for x in item]
+            if isinstance(item, dict):
+                return {k: walk(v) for k, v in item.items()}
+            return item
+
+        rewritten = walk(parsed)
+        return value if rewritten == parsed else json.dumps(rewritten)
+
     def _environment(self, pod: RunningPod) -> dict[str, str]:
         container = self._container(pod)
         env = {
@@ -240,7 +263,7 @@ class PodRunner:
         }
         for var in container.env or []:
             if var.value is not None:
-                env[var.name] = self._rewrite(pod, _expand(var.value, env))
+                env[var.name] = self._rewrite_env(pod, _expand(var.value, env))
             elif var.value_from is not None and var.value_from.secret_key_ref is not None:
                 value = self._secret_value(pod.namespace, var.value_from.secret_key_ref)
                 if value is not None:

@@ -190,11 +190,12 @@ def test_style_preset_templates_the_prompt() -> None:
     assert resolve(body(prompt="a cat", style="vivid")).prompt == "a cat"
 
 
-def test_batch_key_ignores_prompt_and_seed_but_not_shape() -> None:
+def test_batch_key_ignores_prompt_seed_and_output_format_but_not_shape() -> None:
     a = resolve(body(prompt="a", seed=1))
     b = resolve(body(prompt="b", seed=2, n=2))
     c = resolve(body(prompt="a", size="256x256"))
-    assert a.batch_key == b.batch_key
+    jpeg = resolve(body(prompt="a", output_format="jpeg", output_compression=50))
+    assert a.batch_key == b.batch_key == jpeg.batch_key
     assert a.batch_key != c.batch_key
 
 

@@ -29,7 +29,7 @@ def test_minimal_huggingface_spec_gets_documented_defaults() -> None:
     assert spec.pipeline == "auto" and spec.cache.retain_on_delete is True
     assert (spec.cache.mode, spec.cache.swap, spec.autoscaling) == ("shared", "sideBySide", None)
     assert spec.effective_defaults == GenerationDefaults()
-    assert spec.effective_dtype(gpus=1) == "float16"
+    assert spec.effective_dtype(gpus=1) == "auto", "the server picks bfloat16 where the GPU has it"
     assert spec.effective_dtype(gpus=0) == "float32"
     assert spec.source.describe() == "hf:stabilityai/sdxl-turbo@main"
 
