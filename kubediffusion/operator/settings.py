@@ -17,7 +17,7 @@ from kubediffusion import __version__
 from kubediffusion.imagemodel.spec import HardwareProfile
 from kubediffusion.operator.policy import DownloadPolicy
 
-DEFAULT_IMAGE = "ghcr.io/kubediffusion/inference:0.1.0"
+DEFAULT_IMAGE = f"ghcr.io/kubediffusion/kubediffusion-inference:{__version__}"  # the chart's default too
 DEFAULT_ADAPTER_IMAGE = f"ghcr.io/kubediffusion/kubediffusion:{__version__}"  # the operator's own (no torch)
 
 

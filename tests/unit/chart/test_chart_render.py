@@ -409,3 +409,13 @@ def test_components_and_rbac_can_be_switched_off(helm: Helm, values: dict[str, A
         assert binding["subjects"][0]["name"] == "ops"
         pod = one(docs, "Deployment", "-router")["spec"]["template"]["spec"]
         assert pod["serviceAccountName"] == "gw"
+
+
+def test_the_operators_own_default_images_are_the_charts(default_docs: list[Manifest]) -> None:
+    """Run without the chart (kubediffusion operator on a laptop), the operator names the same images."""
+    from kubediffusion.operator.settings import OperatorSettings
+
+    env = container_env(one(default_docs, "Deployment", "-operator")["spec"]["template"]["spec"], "operator")
+    defaults = OperatorSettings()
+    assert env["KD_OPERATOR_INFERENCE_IMAGE"] == defaults.inference_image
+    assert env["KD_OPERATOR_ADAPTER_IMAGE"] == defaults.adapter_image
