@@ -33,11 +33,11 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from kubediffusion.api.computetime import COMPUTE_SECONDS_HEADER, compute_seconds
 from kubediffusion.api.errors import ServiceUnavailableError, UpstreamTimeoutError
 from kubediffusion.router.balancer import Balancer, Lease
 from kubediffusion.router.routing import ModelEntry
 from kubediffusion.router.tracing import PassThroughTracer, Tracer
-from kubediffusion.router.usage import COMPUTE_SECONDS_HEADER, compute_seconds
 
 log = logging.getLogger(__name__)
 

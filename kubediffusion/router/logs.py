@@ -4,24 +4,17 @@
 libraries' included) gives each record ``request_id`` and ``trace_id``: those of the request being served
 (:mod:`.requestctx`, :mod:`.tracing`), ``-`` outside one (discovery, the sweeper, startup).
 
-Two formats (``--log-format`` / ``KD_ROUTER_LOG_FORMAT``): ``text`` (the default), one line
-``<time> <LEVEL> <logger> [<request id>]: <message>``; ``json``, one JSON object per line with ``time``
-(UTC, ISO 8601), ``level``, ``logger``, ``message``, ``request_id``, ``trace_id`` and, after an error,
-``exception`` (the traceback) — what a log pipeline indexes without parsing.
+Two formats (``--log-format`` / ``KD_ROUTER_LOG_FORMAT``), the model server's too:
+:mod:`kubediffusion.api.logformat`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from datetime import UTC, datetime
-from typing import Literal
 
+from kubediffusion.api.logformat import TEXT_FORMAT, JsonFormatter, LogFormat
 from kubediffusion.router.requestctx import current_request_id
 from kubediffusion.router.tracing import TRACE_ID
-
-LogFormat = Literal["text", "json"]
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
 
 
 class RequestIdFilter(logging.Filter):
@@ -31,21 +24,6 @@ class RequestIdFilter(logging.Filter):
         if not hasattr(record, "trace_id"):
             record.trace_id = TRACE_ID.get() or "-"
         return True
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-            "request_id": getattr(record, "request_id", "-"),
-            "trace_id": getattr(record, "trace_id", "-"),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
 
 
 class RouterLogHandler(logging.StreamHandler):  # type: ignore[type-arg]

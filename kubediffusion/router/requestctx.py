@@ -17,27 +17,17 @@ span (or, with tracing off, takes the client's ``traceparent`` as it is, or star
 
 from __future__ import annotations
 
-import re
-import uuid
 from contextvars import ContextVar
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from kubediffusion.api.tracecontext import REQUEST_ID_HEADER, accepted_request_id, new_request_id
 from kubediffusion.router.tracing import Tracer
 
-REQUEST_ID_HEADER = "x-request-id"
-ACCEPTED_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+__all__ = ["REQUEST_ID_HEADER", "RequestContextMiddleware", "accepted_request_id", "current_request_id"]
+
 REQUEST_ID: ContextVar[str | None] = ContextVar("kubediffusion_request_id", default=None)
-
-
-def new_request_id() -> str:
-    return uuid.uuid4().hex
-
-
-def accepted_request_id(value: str | None) -> str | None:
-    """The client's id if it is one the router passes on (see the module docstring), else None."""
-    return value if value is not None and ACCEPTED_REQUEST_ID.fullmatch(value) else None
 
 
 def current_request_id() -> str | None:

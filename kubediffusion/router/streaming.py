@@ -28,12 +28,12 @@ import httpx
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from kubediffusion.api.computetime import comment_seconds
 from kubediffusion.api.events import MAX_EVENT_BYTES, SSE_HEADERS, SSE_MEDIA_TYPE, encode_error
 from kubediffusion.router.delivery import Delivery, Keeper, pod_id
 from kubediffusion.router.errors import BadGatewayError
 from kubediffusion.router.forwarding import Upstream
 from kubediffusion.router.signing import new_image_id
-from kubediffusion.router.usage import comment_seconds
 
 log = logging.getLogger(__name__)
 

@@ -18,51 +18,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
-import secrets
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from starlette.types import Scope
 
+from kubediffusion.api.tracecontext import TraceParent, otlp_endpoint
+
 log = logging.getLogger(__name__)
-
-TRACEPARENT = re.compile(
-    r"(?P<version>[0-9a-f]{2})-(?P<trace>[0-9a-f]{32})-(?P<span>[0-9a-f]{16})-(?P<flags>[0-9a-f]{2})"
-)
-MAX_TRACESTATE = 512  # W3C: 32 entries; a longer header is dropped rather than passed on
-
-
-@dataclass(frozen=True)
-class TraceParent:
-    trace_id: str
-    span_id: str
-    flags: str = "01"
-    tracestate: str | None = None
-
-    @classmethod
-    def parse(cls, traceparent: str | None, tracestate: str | None = None) -> TraceParent | None:
-        """The header's context, None when it is not a valid version-00 (or later) traceparent."""
-        if traceparent is None:
-            return None
-        value = traceparent.strip()
-        match = TRACEPARENT.match(value)
-        if match is None or match["version"] == "ff" or (match["version"] == "00" and len(value) != 55):
-            return None
-        if set(match["trace"]) == {"0"} or set(match["span"]) == {"0"}:
-            return None
-        state = tracestate.strip() if tracestate and len(tracestate) <= MAX_TRACESTATE else None
-        return cls(match["trace"], match["span"], match["flags"], state or None)
-
-    @classmethod
-    def new(cls) -> TraceParent:
-        return cls(secrets.token_hex(16), secrets.token_hex(8))
-
-    def header(self) -> str:
-        return f"00-{self.trace_id}-{self.span_id}-{self.flags}"
-
 
 # The trace id of the request being served, for log lines (logs.py); set by either tracer.
 TRACE_ID: ContextVar[str | None] = ContextVar("kubediffusion_trace_id", default=None)
@@ -130,21 +94,6 @@ class PassThroughTracer:
 
     def shutdown(self) -> None:
         return None
-
-
-def otlp_endpoint(configured: str, environ: Mapping[str, str] = os.environ) -> str | None:
-    """The OTLP/HTTP traces URL tracing exports to, None when tracing is off (see the module docstring).
-
-    ``configured`` (``KD_ROUTER_OTLP_ENDPOINT``) and ``OTEL_EXPORTER_OTLP_ENDPOINT`` are base URLs
-    (``/v1/traces`` is added), ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` the full URL, as the SDK reads them."""
-    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return None
-    if environ.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none":
-        return None
-    base = configured.strip() or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
-    if configured.strip() or not environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip():
-        return base.rstrip("/") + "/v1/traces" if base else None
-    return environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"].strip()
 
 
 def make_tracer(configured_endpoint: str, *, service_name: str = "kubediffusion-router") -> Tracer:

@@ -20,7 +20,6 @@ ends (the router reads and drops it). Absent or unreadable: 0.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
@@ -34,28 +33,6 @@ from kubediffusion.router.tenants import Tenant
 from kubediffusion.router.usagebook import Counts, seconds_to_next_day, utc_day
 
 log = logging.getLogger(__name__)
-
-COMPUTE_SECONDS_HEADER = "x-kubediffusion-compute-seconds"
-COMPUTE_SECONDS_COMMENT = b": " + COMPUTE_SECONDS_HEADER.encode()
-MAX_COMPUTE_SECONDS = 86_400.0  # a day of one GPU per request: anything above is a pod's bug
-
-
-def compute_seconds(value: str | bytes | None) -> float:
-    """A pod's reported compute seconds; 0 when absent, unreadable, negative or absurd."""
-    if value is None:
-        return 0.0
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        return 0.0
-    return seconds if math.isfinite(seconds) and 0 <= seconds <= MAX_COMPUTE_SECONDS else 0.0
-
-
-def comment_seconds(event: bytes) -> float | None:
-    """The compute seconds of a stream's ``: x-kubediffusion-compute-seconds N`` comment; None for any other event."""
-    if not event.startswith(COMPUTE_SECONDS_COMMENT):
-        return None
-    return compute_seconds(event[len(COMPUTE_SECONDS_COMMENT) :].split(b"\n", 1)[0])
 
 
 @dataclass(frozen=True)

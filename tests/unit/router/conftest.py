@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator, Callable
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,18 @@ from kubediffusion.router.settings import RouterSettings
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 BASE = "http://router.test"
 IMAGES = ("image", "image[]")
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """``kubediffusion router``'s main() installs a root handler whose filter stamps every record with the
+    router's request id ("-" here): left behind, it would stamp the next tests' records (the model
+    server's log tests) before their own filter runs."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 class FakeClock:

@@ -14,7 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from kubediffusion.router.logs import TEXT_FORMAT, JsonFormatter, RequestIdFilter
+from kubediffusion.api.logformat import TEXT_FORMAT, JsonFormatter
+from kubediffusion.router.logs import RequestIdFilter
 from kubediffusion.router.requestctx import accepted_request_id
 from tests.unit.router.conftest import model
 

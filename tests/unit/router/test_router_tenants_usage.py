@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
+from kubediffusion.api.computetime import compute_seconds
 from kubediffusion.api.limits import GenerationDefaults
-from kubediffusion.router.usage import compute_seconds
 from tests.unit.router.conftest import PNG
 from tests.unit.router.streams import completed, partial
 from tests.unit.router.tenancy import (
