@@ -134,7 +134,7 @@ class SSEDecoder:
         events = []
         while (end := self._buffer.find(b"\n\n")) >= 0:
             block, self._buffer = self._buffer[:end], self._buffer[end + 2 :]
-            event = _parse_block(block.decode("utf-8"))
+            event = parse_event(block.decode("utf-8"))
             if event is not None:
                 events.append(event)
         if len(self._buffer) > self._max:
@@ -142,7 +142,9 @@ class SSEDecoder:
         return events
 
 
-def _parse_block(block: str) -> ServerSentEvent | None:
+def parse_event(block: str) -> ServerSentEvent | None:
+    """One event's lines (LF-separated, its blank line not included) as the SSE spec reads them; None for
+    a block of comments only."""
     name: str | None = None
     data: list[str] = []
     for line in block.split("\n"):

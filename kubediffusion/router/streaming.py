@@ -29,7 +29,7 @@ from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from kubediffusion.api.computetime import comment_seconds
-from kubediffusion.api.events import MAX_EVENT_BYTES, SSE_HEADERS, SSE_MEDIA_TYPE, encode_error
+from kubediffusion.api.events import MAX_EVENT_BYTES, SSE_HEADERS, SSE_MEDIA_TYPE, encode_error, parse_event
 from kubediffusion.router.delivery import Delivery, Keeper, pod_id
 from kubediffusion.router.errors import BadGatewayError
 from kubediffusion.router.forwarding import Upstream
@@ -71,16 +71,9 @@ class EventSplitter:
 
 def event_fields(event: bytes) -> tuple[str | None, str]:
     """(the ``event:`` name, the ``data:`` lines joined) of one event, as the SSE spec reads them."""
-    name: str | None = None
-    data: list[str] = []
-    for line in event.decode("utf-8", "replace").splitlines():
-        field, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if field == "event":
-            name = value
-        elif field == "data":
-            data.append(value)
-    return name, "\n".join(data)
+    text = event.decode("utf-8", "replace").replace("\r\n", "\n").replace("\r", "\n")  # SSE's three line ends
+    parsed = parse_event(text)
+    return (parsed.event, parsed.data) if parsed is not None else (None, "")
 
 
 def encode_event(name: str | None, payload: dict[str, Any]) -> bytes:
