@@ -32,6 +32,7 @@ Modules, each small and named for what it does:
     openapi.py         /openapi.json (and /docs) with OpenAI's schema names for the request bodies
     auth.py            API keys (the key file and the tenants file), constant-time comparison; Caller
     tenants.py         the tenants file: keys (plain or sha256:), model globs, rate limits, quotas, admin; reloads
+    filestamp.py       whether a re-read file (keys, tenants) changed since the last look: one stat
     access.py          TenantViews: the routing table as a tenant sees it (other models do not exist)
     usage.py           a request's cost, admission against its tenant's quota, its bill paid or refunded once
     usagebook.py       UsageBook: counts per UTC day, tenant and model (pure data)

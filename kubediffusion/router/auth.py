@@ -27,6 +27,7 @@ from pathlib import Path
 
 from kubediffusion.api.errors import AuthenticationError
 from kubediffusion.router.errors import TenantsUnavailableError
+from kubediffusion.router.filestamp import FileStamp
 from kubediffusion.router.tenants import Tenant, TenantsFile, digest
 
 log = logging.getLogger(__name__)
@@ -77,8 +78,7 @@ class APIKeys:
         self, path: Path | None = None, *, keys: tuple[str, ...] | None = None, warn_if_off: bool = True
     ) -> None:
         self._path = path
-        self._stamp: tuple[int, int] | None = None  # (mtime_ns, size) of the file last read
-        self._read_once = False
+        self._file = FileStamp(path) if path is not None else None
         self._keys: tuple[bytes, ...] = tuple(k.encode() for k in keys) if keys is not None else ()
         self.entries = anonymous_tenants(self._keys)
         self._warned = not warn_if_off  # a tenants file is on: auth is not off for want of this file
@@ -89,19 +89,13 @@ class APIKeys:
         return self._path is not None or bool(self._keys)
 
     def reload(self) -> None:
-        if self._path is None:
+        if self._file is None:
             self._warn_if_off()
             return
-        try:
-            stat = self._path.stat()
-            stamp: tuple[int, int] | None = (stat.st_mtime_ns, stat.st_size)
-        except OSError:
-            stamp = None
-        if self._read_once and stamp == self._stamp:
+        if not self._file.changed():
             return
-        self._read_once, self._stamp = True, stamp
         try:
-            self._keys = parse_keys(self._path.read_text()) if stamp is not None else ()
+            self._keys = parse_keys(self._file.path.read_text()) if self._file.exists else ()
         except (OSError, UnicodeDecodeError):  # removed between stat and read, unreadable: fail closed
             self._keys = ()
         self.entries = anonymous_tenants(self._keys)

@@ -40,6 +40,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
+from kubediffusion.router.filestamp import FileStamp
 from kubediffusion.router.routing import ModelEntry
 
 log = logging.getLogger(__name__)
@@ -190,23 +191,16 @@ class TenantsFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._stamp: tuple[int, int] | None = None
-        self._read_once = False
+        self._file = FileStamp(path)
         self.book = TenantBook()
         self.broken: str | None = None  # why the file cannot be used; None when it can
         self.reload()
 
     def reload(self) -> None:
-        try:
-            stat = self.path.stat()
-            stamp: tuple[int, int] | None = (stat.st_mtime_ns, stat.st_size)
-        except OSError:
-            stamp = None
-        if self._read_once and stamp == self._stamp:
+        if not self._file.changed():
             return
-        self._read_once, self._stamp = True, stamp
         try:
-            if stamp is None:
+            if not self._file.exists:
                 raise InvalidTenantsError("the file is missing")
             try:
                 text = self.path.read_text()
