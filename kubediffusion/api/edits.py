@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from kubediffusion.api.errors import InvalidRequestError, validation_error_from_pydantic
 from kubediffusion.api.imageinput import ImageInfo, check_dimensions, input_limits, sniff_image
-from kubediffusion.api.limits import GenerationDefaults, GenerationLimits, parse_size
+from kubediffusion.api.limits import GenerationDefaults, GenerationLimits, RequestedSize
 from kubediffusion.api.multipart import FormPart, MultipartLimits, parse_multipart
 from kubediffusion.api.pipelines import MAX_REQUEST_ADAPTERS, AdapterRequest, PipelineOptions, resolve_choice
 from kubediffusion.api.schema import (
@@ -88,7 +88,7 @@ class _ImageInputFields(BaseModel):
 
     model: str | None = None
     n: Annotated[int, Field(ge=1, le=10)] | None = None
-    size: str | None = None
+    size: RequestedSize = None
     response_format: ResponseFormat | None = None
     output_format: OutputFormat | None = None
     output_compression: Annotated[int, Field(ge=0, le=100)] | None = None
@@ -102,14 +102,6 @@ class _ImageInputFields(BaseModel):
     negative_prompt: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)] | None = None
     adapters: Annotated[list[AdapterRequest], Field(max_length=MAX_REQUEST_ADAPTERS)] | None = None
     scheduler: Annotated[str, Field(min_length=1, max_length=100)] | None = None
-
-    @field_validator("size")
-    @classmethod
-    def _size_shape(cls, value: str | None) -> str | None:
-        if value is None or value == "auto":
-            return value
-        parse_size(value)
-        return value
 
 
 class ImageEditFields(_ImageInputFields):

@@ -7,8 +7,9 @@ Field names are snake_case in Python and camelCase on the wire (the ImageModel m
 from __future__ import annotations
 
 import re
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 SIZE_PATTERN = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})")
@@ -20,6 +21,16 @@ def parse_size(size: str) -> tuple[int, int]:
     if match is None:
         raise ValueError(f"size must look like WIDTHxHEIGHT (for example 1024x1024), got {size!r}")
     return int(match.group(1)), int(match.group(2))
+
+
+def _requested_size(value: str | None) -> str | None:
+    if value is not None and value != "auto":
+        parse_size(value)
+    return value
+
+
+# A request's ``size``: ``WxH``, ``auto`` or absent (the model's limits are checked when it is resolved).
+RequestedSize = Annotated[str | None, AfterValidator(_requested_size)]
 
 
 class _CamelModel(BaseModel):

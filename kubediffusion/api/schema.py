@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from kubediffusion.api.errors import InvalidRequestError, UnsupportedMediaTypeError, validation_error_from_pydantic
-from kubediffusion.api.limits import GenerationDefaults, GenerationLimits, StylePreset, parse_size
+from kubediffusion.api.limits import GenerationDefaults, GenerationLimits, RequestedSize, StylePreset, parse_size
 from kubediffusion.api.pipelines import (
     MAX_REQUEST_ADAPTERS,
     AdapterRequest,
@@ -56,7 +56,7 @@ class ImageGenerationRequest(BaseModel):
     prompt: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
     model: str | None = None
     n: Annotated[int, Field(ge=1, le=10)] | None = None
-    size: str | None = None
+    size: RequestedSize = None
     response_format: ResponseFormat | None = None
     output_format: OutputFormat | None = None
     output_compression: Annotated[int, Field(ge=0, le=100)] | None = None
@@ -81,14 +81,6 @@ class ImageGenerationRequest(BaseModel):
     def _prompt_not_blank(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("prompt must not be empty")
-        return value
-
-    @field_validator("size")
-    @classmethod
-    def _size_shape(cls, value: str | None) -> str | None:
-        if value is None or value == "auto":
-            return value
-        parse_size(value)
         return value
 
 
